@@ -1,0 +1,79 @@
+//! `sluice bench`: measurements printed as one JSON object per run (SPEC §7).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use sluice_engine::storage::bench::{run_ingest, IngestBenchOptions};
+use sluice_engine::storage::Durability;
+
+/// Arguments of `sluice bench ingest`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct IngestArgs {
+    /// Records to append in all.
+    #[arg(long, default_value_t = 2_000_000)]
+    records: u64,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Records per appended batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
+    /// `os` or `fsync`.
+    #[arg(long, default_value = "fsync", value_parser = crate::parse_durability)]
+    durability: Durability,
+    /// Run through the HTTP API of a server the bench starts.
+    #[arg(long)]
+    http: bool,
+    /// Directory for the bench's data (default: a temporary directory,
+    /// removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    if args.http {
+        bail!("--http is not available yet: the ingest bench runs through the library API only");
+    }
+    let options = IngestBenchOptions {
+        records: args.records,
+        record_bytes: args.size,
+        partitions: args.partitions,
+        batch: args.batch,
+        writers: args.writers,
+        durability: args.durability,
+    };
+    let temporary;
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temporary = tempfile::Builder::new().prefix("sluice-bench-").tempdir().context("creating a temporary directory")?;
+            temporary.path().to_path_buf()
+        }
+    };
+    let report = run_ingest(&dir, &options).context("running the ingest bench")?;
+    let output = json!({
+        "bench": "ingest",
+        "durability": options.durability.as_str(),
+        "records": options.records,
+        "record_bytes": options.record_bytes,
+        "partitions": options.partitions,
+        "batch": options.batch,
+        "writers": options.writers,
+        "http": false,
+        "wall_s": report.elapsed.as_secs_f64(),
+        "records_per_s": report.records_per_s.round(),
+        "mb_per_s": (report.mb_per_s * 10.0).round() / 10.0,
+        "baseline_records_per_s": report.baseline_records_per_s.round(),
+        "ratio_to_baseline": (report.records_per_s / report.baseline_records_per_s * 1000.0).round() / 1000.0,
+        "read_records_per_s": report.read_records_per_s.round(),
+    });
+    println!("{output}");
+    Ok(())
+}

@@ -1,0 +1,495 @@
+//! The HTTP API (SPEC §4), as far as the log goes: health, topics, and
+//! producing and reading records. Handlers parse and validate, call the
+//! storage off the async workers, and convert to the wire shapes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use futures::StreamExt;
+use serde::Deserialize;
+use sluice_engine::storage::{
+    self, CleanupPolicy, Fetch, ProduceRecord, ReadLimits, Record, Storage, TopicConfig,
+    TopicSettings,
+};
+
+use crate::wire;
+
+#[derive(Clone)]
+struct AppState {
+    storage: Storage,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Serves the API on `listen` until SIGINT or SIGTERM.
+pub(crate) async fn serve(storage: Storage, listen: SocketAddr, max_body_bytes: usize) -> anyhow::Result<()> {
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let app = router(AppState { storage, shutdown }, max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "serving HTTP");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new requests, closing open streams");
+            let _ = shutdown_tx.send(true);
+        })
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/topics", get(list_topics).post(create_topic))
+        .route("/v1/topics/{topic}", get(get_topic).delete(delete_topic))
+        .route("/v1/topics/{topic}/records", get(read_records).post(produce))
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// An error answer: `{"error":{"code","message"}}` with a status.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = wire::ErrorBody {
+            error: wire::ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<storage::Error> for ApiError {
+    fn from(error: storage::Error) -> Self {
+        use storage::Error as E;
+        let (status, code) = match &error {
+            E::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+            E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            E::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
+            E::NoSuchPartition { .. } => (StatusCode::NOT_FOUND, "no_such_partition"),
+            E::OffsetOutOfRange { .. } => (StatusCode::BAD_REQUEST, "offset_out_of_range"),
+            E::RecordTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "record_too_large"),
+            E::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::error!(%error, "request failed");
+        }
+        ApiError {
+            status,
+            code,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let status = rejection.status();
+        ApiError {
+            status,
+            code: if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_request" },
+            message: rejection.body_text(),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs blocking storage work off the async workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> storage::Result<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "internal",
+        message: format!("task failed: {e}"),
+    })?
+    .map_err(ApiError::from)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: format!("no endpoint {method} {}", uri.path()),
+    }
+}
+
+async fn health() -> Json<wire::Health> {
+    Json(wire::Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+async fn list_topics(State(state): State<AppState>) -> ApiResult<Json<wire::TopicList>> {
+    let storage = state.storage.clone();
+    let topics = blocking(move || {
+        let mut topics = Vec::new();
+        for name in storage.list_topics() {
+            match storage.describe_topic(&name) {
+                Ok(description) => topics.push(wire::Topic::from(description)),
+                // Dropped between the listing and the description.
+                Err(storage::Error::NotFound { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(topics)
+    })
+    .await?;
+    Ok(Json(wire::TopicList { topics }))
+}
+
+async fn create_topic(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<(StatusCode, Json<wire::Topic>)> {
+    let request: wire::CreateTopic = parse_json(&body?)?;
+    let cleanup = match &request.cleanup {
+        Some(text) => CleanupPolicy::parse(text)?,
+        None => CleanupPolicy::Delete,
+    };
+    let config = TopicConfig::new(request.name, request.partitions).with_settings(TopicSettings {
+        retention_ms: request.retention_ms,
+        retention_bytes: request.retention_bytes,
+        cleanup,
+    });
+    let storage = state.storage.clone();
+    let description = blocking(move || storage.create_topic(config)).await?;
+    Ok((StatusCode::CREATED, Json(description.into())))
+}
+
+async fn get_topic(State(state): State<AppState>, Path(topic): Path<String>) -> ApiResult<Json<wire::Topic>> {
+    let description = state.storage.describe_topic(&topic)?;
+    Ok(Json(description.into()))
+}
+
+async fn delete_topic(State(state): State<AppState>, Path(topic): Path<String>) -> ApiResult<Json<wire::Status>> {
+    let storage = state.storage.clone();
+    let name = topic.clone();
+    blocking(move || storage.drop_topic(&name)).await?;
+    Ok(Json(wire::Status {
+        status: "ok",
+        message: format!("topic \"{topic}\" dropped"),
+    }))
+}
+
+/// A JSON string becomes its text; any other JSON value its JSON text.
+fn json_bytes(value: serde_json::Value) -> Vec<u8> {
+    match value {
+        serde_json::Value::String(text) => text.into_bytes(),
+        other => other.to_string().into_bytes(),
+    }
+}
+
+async fn produce(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<wire::ProduceResponse>> {
+    let body = body?;
+    let now = storage::now_ms();
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    let records: Vec<ProduceRecord> = if ndjson {
+        let mut records = Vec::new();
+        for (number, line) in body.split(|b| *b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            serde_json::from_slice::<serde::de::IgnoredAny>(line)
+                .map_err(|e| ApiError::bad_request(format!("line {}: not a JSON value: {e}", number + 1)))?;
+            records.push(Record::new(line.to_vec()).with_timestamp(now).into());
+        }
+        records
+    } else {
+        let request: wire::ProduceRequest = parse_json(&body)?;
+        request
+            .records
+            .into_iter()
+            .map(|r| {
+                let mut record = Record::new(json_bytes(r.value)).with_timestamp(r.timestamp.unwrap_or(now));
+                if let Some(key) = r.key.filter(|k| !k.is_null()) {
+                    record = record.with_key(json_bytes(key));
+                }
+                for header in r.headers {
+                    record = record.with_header(header.name, header.value.into_bytes());
+                }
+                ProduceRecord {
+                    partition: r.partition,
+                    record,
+                }
+            })
+            .collect()
+    };
+    if records.is_empty() {
+        return Err(ApiError::bad_request("no records to produce"));
+    }
+    let positions = state.storage.produce(&topic, records).await?;
+    Ok(Json(wire::ProduceResponse {
+        offsets: positions
+            .into_iter()
+            .map(|p| wire::Position {
+                partition: p.partition,
+                offset: p.offset,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadParams {
+    partition: Option<u32>,
+    offset: Option<u64>,
+    limit: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+const DEFAULT_READ_LIMIT: usize = 1_000;
+const MAX_READ_LIMIT: usize = 100_000;
+const FOLLOW_POLL: Duration = Duration::from_secs(5);
+
+fn text_or_base64(bytes: &[u8], binary: &mut bool) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => {
+            *binary = true;
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        }
+    }
+}
+
+/// Renders a fetch as NDJSON lines.
+fn render(fetch: &Fetch, out: &mut Vec<u8>, limit: &mut usize) -> storage::Result<()> {
+    for batch in &fetch.batches {
+        if batch.kind() != storage::PayloadKind::Rows {
+            return Err(storage::Error::InvalidInput(format!(
+                "{}/{} holds columnar batches, which the HTTP API cannot render yet",
+                batch.topic(),
+                batch.partition()
+            )));
+        }
+        for record in batch.records()? {
+            if *limit == 0 {
+                return Ok(());
+            }
+            let record = record?;
+            let mut binary = false;
+            let key = record.key.map(|k| text_or_base64(k, &mut binary));
+            let value = text_or_base64(record.value, &mut binary);
+            let headers = record
+                .headers()
+                .map(|(name, value)| wire::HeaderOut {
+                    name: name.to_string(),
+                    value: text_or_base64(value, &mut binary),
+                })
+                .collect();
+            let line = wire::RecordOut {
+                partition: batch.partition(),
+                offset: record.offset,
+                timestamp: record.timestamp_ms,
+                key,
+                value,
+                headers,
+                encoding: binary.then_some("base64"),
+            };
+            serde_json::to_writer(&mut *out, &line)
+                .map_err(|e| storage::Error::Internal(format!("rendering a record: {e}")))?;
+            out.push(b'\n');
+            *limit -= 1;
+        }
+    }
+    Ok(())
+}
+
+/// One read position per partition being read.
+struct Cursor {
+    partition: u32,
+    offset: u64,
+}
+
+async fn read_records(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    params: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let description = state.storage.describe_topic(&topic)?;
+    let cursors: Vec<Cursor> = match params.partition {
+        Some(partition) => {
+            let info = description.partitions.get(partition as usize).ok_or_else(|| {
+                ApiError::from(storage::Error::NoSuchPartition {
+                    topic: topic.clone(),
+                    partition,
+                    partitions: description.partitions.len() as u32,
+                })
+            })?;
+            vec![Cursor {
+                partition,
+                offset: params.offset.unwrap_or(info.log_start_offset),
+            }]
+        }
+        None => {
+            if params.offset.is_some() {
+                return Err(ApiError::bad_request("offset needs a partition: add ?partition=N"));
+            }
+            description
+                .partitions
+                .iter()
+                .map(|p| Cursor {
+                    partition: p.partition,
+                    offset: p.log_start_offset,
+                })
+                .collect()
+        }
+    };
+    let limit = match params.limit {
+        Some(0) => return Err(ApiError::bad_request("limit must be positive")),
+        Some(limit) if limit > MAX_READ_LIMIT && !params.follow => {
+            return Err(ApiError::bad_request(format!("limit must be at most {MAX_READ_LIMIT}")));
+        }
+        Some(limit) => limit,
+        None if params.follow => usize::MAX,
+        None => DEFAULT_READ_LIMIT,
+    };
+    let mut reader = Reader {
+        storage: state.storage.clone(),
+        topic,
+        cursors,
+        remaining: limit,
+    };
+    // Check the starting offsets now, so a bad one is a 400, not a broken stream.
+    let first = reader.read_available().await?;
+    let ndjson = [(header::CONTENT_TYPE, "application/x-ndjson")];
+    if !params.follow {
+        let mut body = first;
+        while reader.remaining > 0 {
+            let more = reader.read_available().await?;
+            if more.is_empty() {
+                break;
+            }
+            body.extend_from_slice(&more);
+        }
+        return Ok((ndjson, body).into_response());
+    }
+    let shutdown = state.shutdown.clone();
+    let stream = futures::stream::unfold((reader, Some(first), shutdown), |(mut reader, pending, mut shutdown)| async move {
+        if let Some(chunk) = pending.filter(|c| !c.is_empty()) {
+            return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (reader, None, shutdown)));
+        }
+        loop {
+            if reader.remaining == 0 || *shutdown.borrow() {
+                return None;
+            }
+            match reader.read_available().await {
+                Ok(chunk) if !chunk.is_empty() => return Some((Ok(Bytes::from(chunk)), (reader, None, shutdown))),
+                Ok(_) => {
+                    tokio::select! {
+                        _ = reader.wait() => {}
+                        _ = shutdown.changed() => return None,
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error.message, "follow stream ended");
+                    return None;
+                }
+            }
+        }
+    });
+    Ok((ndjson, Body::from_stream(stream.boxed())).into_response())
+}
+
+struct Reader {
+    storage: Storage,
+    topic: String,
+    cursors: Vec<Cursor>,
+    remaining: usize,
+}
+
+impl Reader {
+    /// Reads what is there now from every partition, as NDJSON.
+    async fn read_available(&mut self) -> ApiResult<Vec<u8>> {
+        let mut out = Vec::new();
+        for cursor in &mut self.cursors {
+            if self.remaining == 0 {
+                break;
+            }
+            let storage = self.storage.clone();
+            let topic = self.topic.clone();
+            let (partition, offset) = (cursor.partition, cursor.offset);
+            let max_records = self.remaining.min(10_000);
+            let mut left = self.remaining;
+            let (chunk, next, left) = blocking(move || {
+                let fetch = storage.read(&topic, partition, offset, ReadLimits::records(max_records))?;
+                let mut chunk = Vec::new();
+                render(&fetch, &mut chunk, &mut left)?;
+                Ok((chunk, fetch.next_offset, left))
+            })
+            .await?;
+            cursor.offset = next;
+            self.remaining = left;
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Waits until some partition has records past its cursor (or a while).
+    async fn wait(&self) {
+        let waits = self.cursors.iter().map(|cursor| {
+            Box::pin(self.storage.wait_for_records(&self.topic, cursor.partition, cursor.offset, FOLLOW_POLL))
+        });
+        let _ = futures::future::select_all(waits).await;
+    }
+}

@@ -1,0 +1,97 @@
+//! `sluice`: the command line of Sluice. Parses arguments and hands off to
+//! the server, the benchmarks, and (as they land) the shell and the
+//! producer/consumer tools.
+
+mod bench;
+mod http;
+mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice_engine::storage::{Durability, Storage, StorageOptions};
+
+/// Sluice: a streaming database. A durable, partitioned log of topics on
+/// RocksDB, and (soon) continuous SQL over it.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: open the data directory and serve the HTTP API.
+    Server(ServerArgs),
+    /// Measure Sluice on this machine; prints one JSON object per run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Where topics and state live.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
+    data_dir: PathBuf,
+    /// Address to serve HTTP on. Loopback by default.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// When appends are acknowledged: `fsync` (survives power loss) or `os`
+    /// (survives a process crash).
+    #[arg(long, env = "SLUICE_DURABILITY", default_value = "fsync", value_parser = parse_durability)]
+    durability: Durability,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Append throughput of the log beside a raw-RocksDB baseline.
+    Ingest(bench::IngestArgs),
+}
+
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    Durability::parse(text).map_err(|e| e.to_string())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(args) => run_server(args),
+        Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(args),
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    let options = StorageOptions::default().with_durability(args.durability);
+    let storage = Storage::open(&args.data_dir, options)
+        .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
+    tracing::info!(data_dir = %args.data_dir.display(), durability = args.durability.as_str(), "storage open");
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let result = runtime.block_on(http::serve(storage.clone(), args.listen, args.max_body_bytes));
+    storage.close().context("closing storage")?;
+    tracing::info!("storage closed; bye");
+    result
+}

@@ -1,0 +1,184 @@
+//! Starts the real `sluice` binary on a free loopback port and drives the
+//! log endpoints of the HTTP API, including bad input and a restart.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(data_dir: &std::path::Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["server", "--listen", "127.0.0.1:0", "--max-body-bytes", "4096", "--durability", "os"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sluice server");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        let address = loop {
+            line.clear();
+            assert!(stderr.read_line(&mut line).expect("read log") > 0, "server exited before listening");
+            if let Some(at) = line.find("address=") {
+                break line[at + "address=".len()..].trim().to_string();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stderr.lines() {});
+        Server { child, address }
+    }
+
+    fn request(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(&self.address).expect("connect");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).expect("receive");
+        let response = String::from_utf8(response).expect("utf8 response");
+        let status: u16 = response[9..12].parse().expect("status code");
+        let (head, body) = response.split_once("\r\n\r\n").expect("headers end");
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        (status, body)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.request("GET", path, "application/json", "")
+    }
+
+    fn post(&self, path: &str, body: &str) -> (u16, String) {
+        self.request("POST", path, "application/json", body)
+    }
+
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "server exited with {exit}");
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn error_code(body: &str) -> String {
+    json(body)["error"]["code"].as_str().expect("error code").to_string()
+}
+
+#[test]
+fn topics_and_records_over_http_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+
+    let (status, body) = server.get("/v1/health");
+    assert_eq!((status, json(&body)["status"].as_str()), (200, Some("ok")));
+
+    let (status, body) = server.post("/v1/topics", r#"{"name":"bids","partitions":4}"#);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(json(&body)["partitions"].as_array().map(Vec::len), Some(4));
+    let (status, body) = server.post("/v1/topics", r#"{"name":"bids","partitions":4}"#);
+    assert_eq!((status, error_code(&body)), (409, "already_exists".into()));
+
+    let (status, body) = server.post(
+        "/v1/topics/bids/records",
+        r#"{"records":[{"key":"foobar","value":{"price":5}},{"value":"plain text","timestamp":42,"partition":1,"headers":[{"name":"h","value":"v"}]}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let offsets = json(&body)["offsets"].clone();
+    // toPositive(murmur2("foobar")) % 4, as Kafka computes it.
+    assert_eq!(offsets[0]["partition"], 2);
+    assert_eq!(offsets[1], serde_json::json!({"partition": 1, "offset": 0}));
+
+    let (status, body) = server.request(
+        "POST",
+        "/v1/topics/bids/records",
+        "application/x-ndjson",
+        "{\"n\":1}\n{\"n\":2}\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["offsets"].as_array().map(Vec::len), Some(2));
+
+    let (status, body) = server.get("/v1/topics/bids/records?partition=1");
+    assert_eq!(status, 200);
+    let first = json(body.lines().next().expect("a record"));
+    assert_eq!(first["value"], "plain text");
+    assert_eq!(first["timestamp"], 42);
+    assert_eq!(first["headers"][0]["value"], "v");
+
+    let (status, body) = server.get("/v1/topics/bids/records");
+    assert_eq!(status, 200);
+    assert_eq!(body.lines().count(), 4);
+    // A follow read with a limit ends once it has the records.
+    let (status, body) = server.get("/v1/topics/bids/records?follow=true&limit=4");
+    assert_eq!(status, 200);
+    assert_eq!(body.lines().count(), 4, "{body}");
+
+    // Bad input: each is a 4xx with the error shape, and nothing changes.
+    for (method, path, content_type, payload, want_status, want_code) in [
+        ("POST", "/v1/topics", "application/json", "{not json", 400, "bad_request"),
+        ("POST", "/v1/topics", "application/json", r#"{"name":"a b"}"#, 400, "invalid_input"),
+        ("POST", "/v1/topics", "application/json", r#"{"name":"x","partitions":"many"}"#, 400, "bad_request"),
+        ("POST", "/v1/topics/nope/records", "application/json", r#"{"records":[{"value":1}]}"#, 404, "not_found"),
+        ("POST", "/v1/topics/bids/records", "application/json", r#"{"records":[]}"#, 400, "bad_request"),
+        ("POST", "/v1/topics/bids/records", "application/json", r#"{"records":[{"value":1,"partition":9}]}"#, 404, "no_such_partition"),
+        ("POST", "/v1/topics/bids/records", "application/x-ndjson", "{\"ok\":1}\nnot json\n", 400, "bad_request"),
+        ("GET", "/v1/topics/bids/records?partition=0&offset=99", "application/json", "", 400, "offset_out_of_range"),
+        ("GET", "/v1/topics/bids/records?offset=1", "application/json", "", 400, "bad_request"),
+        ("GET", "/v1/topics/nope", "application/json", "", 404, "not_found"),
+        ("GET", "/v1/nothing-here", "application/json", "", 404, "not_found"),
+    ] {
+        let (status, body) = server.request(method, path, content_type, payload);
+        assert_eq!((status, error_code(&body)), (want_status, want_code.to_string()), "{method} {path}: {body}");
+    }
+    let huge = format!(r#"{{"records":[{{"value":"{}"}}]}}"#, "x".repeat(8192));
+    let (status, body) = server.post("/v1/topics/bids/records", &huge);
+    assert_eq!((status, error_code(&body)), (413, "body_too_large".into()));
+
+    let (_, body) = server.get("/v1/topics/bids");
+    let ends: Vec<u64> = json(&body)["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["end_offset"].as_u64().expect("end offset"))
+        .collect();
+    assert_eq!(ends.iter().sum::<u64>(), 4, "bad requests wrote nothing");
+
+    server.stop();
+    let server = Server::start(dir.path());
+    let (status, body) = server.get("/v1/topics/bids/records");
+    assert_eq!(status, 200);
+    assert_eq!(body.lines().count(), 4, "records survive a restart");
+    let (status, _) = server.request("DELETE", "/v1/topics/bids", "application/json", "");
+    assert_eq!(status, 200);
+    let (status, body) = server.get("/v1/topics");
+    assert_eq!((status, json(&body)["topics"].as_array().map(Vec::len)), (200, Some(0)));
+    server.stop();
+}

@@ -1,0 +1,92 @@
+//! How a [`crate::Storage`] is opened: durability, limits, background work.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After the RocksDB WAL is fsynced. Concurrent appends share one fsync
+    /// (group commit). Survives power loss.
+    #[default]
+    Fsync,
+    /// After the WAL write reaches the operating system. Survives a crash
+    /// of the process (`kill -9`), not of the machine.
+    Os,
+}
+
+impl Durability {
+    /// Parses `fsync` or `os`.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "fsync" => Ok(Durability::Fsync),
+            "os" => Ok(Durability::Os),
+            other => Err(Error::invalid(format!(
+                "unknown durability \"{other}\" (expected \"fsync\" or \"os\")"
+            ))),
+        }
+    }
+
+    /// The mode's name as users write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::Os => "os",
+        }
+    }
+}
+
+/// Options of [`crate::Storage::open`].
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// When appends are acknowledged. Default: [`Durability::Fsync`].
+    pub durability: Durability,
+    /// The largest record (key + value + headers) accepted, in bytes.
+    /// Default: 1 MiB, Kafka's `message.max.bytes`.
+    pub max_record_bytes: usize,
+    /// The largest appended batch, in bytes. Default: 64 MiB.
+    pub max_batch_bytes: usize,
+    /// How often the background cleaner applies retention and compaction.
+    /// `None` disables the background cleaner (retention then runs only
+    /// when [`crate::Storage::apply_retention`] is called). Default: 30 s.
+    pub retention_check_interval: Option<Duration>,
+    /// RocksDB block cache, in bytes. Default: 128 MiB.
+    pub block_cache_bytes: usize,
+    /// RocksDB memtable size of the log column family, in bytes.
+    /// Default: 64 MiB.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            durability: Durability::Fsync,
+            max_record_bytes: 1024 * 1024,
+            max_batch_bytes: 64 * 1024 * 1024,
+            retention_check_interval: Some(Duration::from_secs(30)),
+            block_cache_bytes: 128 * 1024 * 1024,
+            write_buffer_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl StorageOptions {
+    /// Sets the durability mode.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the maximum record size.
+    pub fn with_max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+
+    /// Sets (or with `None` disables) the background cleaner's interval.
+    pub fn with_retention_check_interval(mut self, interval: Option<Duration>) -> Self {
+        self.retention_check_interval = interval;
+        self
+    }
+}

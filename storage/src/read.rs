@@ -1,0 +1,508 @@
+//! Reading the log: batches from an offset, long polls for new records, and
+//! the offset lookup by timestamp.
+//!
+//! A read copies each stored batch once out of RocksDB and hands it back
+//! whole; records are decoded lazily from those bytes, without allocating.
+//! A read that starts inside a batch gets the rest of it.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rocksdb::{DBRawIterator, ReadOptions};
+
+use crate::batch::{BatchView, HeaderIter, PayloadKind, RawRow, Record, Header};
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::storage::{PartitionState, Shared, Storage, TopicState, CF_LOG, CF_TIME_INDEX};
+
+/// Bounds of one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Stop after this many records.
+    pub max_records: usize,
+    /// Stop after batches of this many bytes; the first batch is returned
+    /// whatever its size, so a read always makes progress.
+    pub max_bytes: usize,
+    /// Read nothing at or past this offset (a snapshot's end offset).
+    pub until_offset: Option<u64>,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            max_records: 10_000,
+            max_bytes: 8 * 1024 * 1024,
+            until_offset: None,
+        }
+    }
+}
+
+impl ReadLimits {
+    /// At most `max_records` records (and the default byte limit).
+    pub fn records(max_records: usize) -> Self {
+        ReadLimits {
+            max_records,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the offset to stop before.
+    pub fn until(mut self, offset: u64) -> Self {
+        self.until_offset = Some(offset);
+        self
+    }
+
+    /// Sets the byte limit.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// The batches read, in offset order.
+    pub batches: Vec<FetchedBatch>,
+    /// The offset to read from next.
+    pub next_offset: u64,
+    /// The partition's log start offset when the read began.
+    pub log_start_offset: u64,
+    /// The partition's end offset (high watermark) when the read began.
+    pub end_offset: u64,
+}
+
+impl Fetch {
+    /// The number of records read.
+    pub fn record_count(&self) -> usize {
+        self.batches.iter().map(|b| b.record_count).sum()
+    }
+
+    /// Every record read, owned: convenient, but allocates per record.
+    pub fn records(&self) -> Result<Vec<OwnedRecord>> {
+        let mut out = Vec::with_capacity(self.record_count());
+        for batch in &self.batches {
+            for record in batch.records()? {
+                out.push(record?.to_owned_record());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One stored batch, or the part of it a read asked for.
+#[derive(Debug, Clone)]
+pub struct FetchedBatch {
+    topic: Arc<str>,
+    partition: u32,
+    base_offset: u64,
+    offsets: Range<u64>,
+    record_count: usize,
+    kind: PayloadKind,
+    bytes: Vec<u8>,
+}
+
+/// A record with its position, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRecord {
+    /// Its offset.
+    pub offset: u64,
+    /// The record.
+    pub record: Record,
+}
+
+/// A record borrowed from a [`FetchedBatch`].
+#[derive(Debug, Clone)]
+pub struct RecordView<'a> {
+    /// Its offset.
+    pub offset: u64,
+    /// Its timestamp, in ms since the epoch.
+    pub timestamp_ms: i64,
+    /// Its key.
+    pub key: Option<&'a [u8]>,
+    /// Its value.
+    pub value: &'a [u8],
+    headers: HeaderIter<'a>,
+}
+
+impl<'a> RecordView<'a> {
+    /// Its headers.
+    pub fn headers(&self) -> HeaderIter<'a> {
+        self.headers.clone()
+    }
+
+    /// Copies it into an [`OwnedRecord`].
+    pub fn to_owned_record(&self) -> OwnedRecord {
+        OwnedRecord {
+            offset: self.offset,
+            record: Record {
+                key: self.key.map(<[u8]>::to_vec),
+                value: self.value.to_vec(),
+                timestamp_ms: self.timestamp_ms,
+                headers: self
+                    .headers()
+                    .map(|(name, value)| Header {
+                        name: name.to_string(),
+                        value: value.to_vec(),
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// The rows of a columnar batch that a read asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct ColumnarSlice<'a> {
+    /// The Arrow IPC bytes of the whole stored batch.
+    pub ipc: &'a [u8],
+    /// The rows wanted: row `i` has offset `base_offset + i`.
+    pub rows: (usize, usize),
+    /// The offset of the stored batch's row 0.
+    pub base_offset: u64,
+    timestamps: &'a [u8],
+}
+
+impl ColumnarSlice<'_> {
+    /// The timestamp of row `row` of the stored batch.
+    pub fn timestamp_ms(&self, row: usize) -> i64 {
+        let at = row * 8;
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&self.timestamps[at..at + 8]);
+        i64::from_le_bytes(raw)
+    }
+}
+
+impl FetchedBatch {
+    /// The topic read.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition read.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// The offset of the stored batch's first record.
+    pub fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+
+    /// The offsets this read covers (records may be missing from a
+    /// compacted range).
+    pub fn offsets(&self) -> Range<u64> {
+        self.offsets.clone()
+    }
+
+    /// How many records this read returns from the batch.
+    pub fn record_count(&self) -> usize {
+        self.record_count
+    }
+
+    /// Rows or columnar.
+    pub fn kind(&self) -> PayloadKind {
+        self.kind
+    }
+
+    /// The stored batch's size in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn corrupt(&self, reason: String) -> Error {
+        Error::Corrupt {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            offset: self.base_offset,
+            reason,
+        }
+    }
+
+    fn view(&self) -> Result<BatchView<'_>> {
+        BatchView::parse(&self.bytes).map_err(|reason| self.corrupt(reason))
+    }
+
+    /// The records of a row batch within [`FetchedBatch::offsets`]. For a
+    /// columnar batch, records carry the IPC rows as values are not
+    /// separable: use [`FetchedBatch::columnar`].
+    pub fn records(&self) -> Result<impl Iterator<Item = Result<RecordView<'_>>> + '_> {
+        let view = self.view()?;
+        let rows = view.rows().map_err(|reason| self.corrupt(reason))?;
+        let offsets = self.offsets.clone();
+        let base = self.base_offset;
+        Ok(rows
+            .map(move |row| {
+                row.map(|row: RawRow<'_>| RecordView {
+                    offset: base + u64::from(row.offset_delta),
+                    timestamp_ms: row.timestamp_ms,
+                    key: row.key,
+                    value: row.value,
+                    headers: row.headers(),
+                })
+                .map_err(|reason| self.corrupt(reason))
+            })
+            .filter(move |record| match record {
+                Ok(record) => offsets.contains(&record.offset),
+                Err(_) => true,
+            }))
+    }
+
+    /// For a columnar batch: its IPC bytes and the rows wanted.
+    pub fn columnar(&self) -> Result<Option<ColumnarSlice<'_>>> {
+        let view = self.view()?;
+        if view.kind != PayloadKind::Columnar {
+            return Ok(None);
+        }
+        let (timestamps, ipc) = view.columnar_parts();
+        Ok(Some(ColumnarSlice {
+            ipc,
+            rows: (
+                (self.offsets.start - self.base_offset) as usize,
+                (self.offsets.end - self.base_offset) as usize,
+            ),
+            base_offset: self.base_offset,
+            timestamps,
+        }))
+    }
+}
+
+impl Storage {
+    /// Reads from `offset` of a partition, up to the limits. Blocking.
+    ///
+    /// Reading at the end offset returns no batches. An offset below the
+    /// log start offset or above the end offset is an
+    /// [`Error::OffsetOutOfRange`].
+    pub fn read(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Fetch> {
+        let shared = &self.inner.shared;
+        let topic = shared.topic(topic)?;
+        let state = shared.partition(&topic, partition)?;
+        read_partition(shared, &topic, partition, &state, offset, limits)
+    }
+
+    /// Reads like [`Storage::read`], off the async runtime; when nothing is
+    /// there yet, waits up to `wait` for records to arrive (a long poll).
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+        wait: Duration,
+    ) -> Result<Fetch> {
+        if !wait.is_zero() {
+            self.wait_for_records(topic, partition, offset, wait).await?;
+        }
+        let storage = self.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || storage.read(&topic, partition, offset, limits))
+            .await
+            .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+
+    /// Waits until the partition's end offset passes `offset` or `timeout`
+    /// elapses. Returns the end offset then. Does not poll: appends wake it.
+    pub async fn wait_for_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let shared = &self.inner.shared;
+        let topic = shared.topic(topic)?;
+        let state = shared.partition(&topic, partition)?;
+        let mut receiver = state.appended.subscribe();
+        let waited = tokio::time::timeout(timeout, receiver.wait_for(|end| *end > offset)).await;
+        drop(waited);
+        Ok(state.end_offset.load(Ordering::Acquire))
+    }
+
+    /// The first offset whose record timestamp is `>= timestamp_ms`, like
+    /// Kafka's `ListOffsets` by timestamp; `None` when every record is
+    /// older. Costs one index seek and a read of the batches from there to
+    /// the answer.
+    pub fn offset_for_timestamp(&self, topic: &str, partition: u32, timestamp_ms: i64) -> Result<Option<u64>> {
+        let shared = &self.inner.shared;
+        let topic_state = shared.topic(topic)?;
+        let state = shared.partition(&topic_state, partition)?;
+        let meta = state.meta();
+        let index = shared.cf(CF_TIME_INDEX)?;
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(keys::partition_key(topic_state.id, partition + 1).to_vec());
+        let mut iter = shared.db.raw_iterator_cf_opt(index, options);
+        iter.seek(keys::time_index_key(topic_state.id, partition, timestamp_ms));
+        let candidate = if iter.valid() {
+            let key = iter.key().unwrap_or_default();
+            if !key.starts_with(&keys::partition_key(topic_state.id, partition)) {
+                return Ok(None);
+            }
+            let raw = iter.value().unwrap_or_default();
+            let raw: [u8; 8] = raw
+                .try_into()
+                .map_err(|_| Error::Internal("malformed time index entry".to_string()))?;
+            u64::from_le_bytes(raw)
+        } else {
+            iter.status()?;
+            return Ok(None);
+        };
+        // Every batch before `candidate` holds only older records; the
+        // answer is the first record from there (or from the log start, if
+        // retention removed `candidate`) that is new enough.
+        let mut offset = candidate.max(meta.log_start_offset);
+        while offset < meta.end_offset {
+            let fetch = read_partition(shared, &topic_state, partition, &state, offset, ReadLimits::default().until(meta.end_offset))?;
+            for batch in &fetch.batches {
+                if let Some(slice) = batch.columnar()? {
+                    for row in slice.rows.0..slice.rows.1 {
+                        if slice.timestamp_ms(row) >= timestamp_ms {
+                            return Ok(Some(slice.base_offset + row as u64));
+                        }
+                    }
+                } else {
+                    for record in batch.records()? {
+                        let record = record?;
+                        if record.timestamp_ms >= timestamp_ms {
+                            return Ok(Some(record.offset));
+                        }
+                    }
+                }
+            }
+            if fetch.next_offset <= offset {
+                break;
+            }
+            offset = fetch.next_offset;
+        }
+        Ok(None)
+    }
+}
+
+/// Positions `iter` on the batch that holds `offset`, or the first one after.
+fn seek_batch(iter: &mut DBRawIterator<'_>, topic_id: u32, partition: u32, offset: u64) {
+    iter.seek_for_prev(keys::batch_key(topic_id, partition, offset));
+    if !iter.valid() {
+        iter.seek(keys::batch_key(topic_id, partition, offset));
+    }
+}
+
+pub(crate) fn read_partition(
+    shared: &Shared,
+    topic: &TopicState,
+    partition: u32,
+    state: &PartitionState,
+    offset: u64,
+    limits: ReadLimits,
+) -> Result<Fetch> {
+    let meta = state.meta();
+    if offset < meta.log_start_offset || offset > meta.end_offset {
+        return Err(Error::OffsetOutOfRange {
+            topic: topic.name.clone(),
+            partition,
+            offset,
+            log_start_offset: meta.log_start_offset,
+            end_offset: meta.end_offset,
+        });
+    }
+    let upper = limits.until_offset.map_or(meta.end_offset, |u| u.min(meta.end_offset));
+    let mut fetch = Fetch {
+        batches: Vec::new(),
+        next_offset: offset,
+        log_start_offset: meta.log_start_offset,
+        end_offset: meta.end_offset,
+    };
+    if offset >= upper || limits.max_records == 0 {
+        return Ok(fetch);
+    }
+    let mut options = ReadOptions::default();
+    options.set_iterate_lower_bound(keys::batch_key(topic.id, partition, 0).to_vec());
+    options.set_iterate_upper_bound(keys::batch_key(topic.id, partition, upper).to_vec());
+    let mut iter = shared.db.raw_iterator_cf_opt(shared.cf(CF_LOG)?, options);
+    seek_batch(&mut iter, topic.id, partition, offset);
+    let topic_name: Arc<str> = Arc::from(topic.name.as_str());
+    let mut records = 0usize;
+    let mut bytes = 0usize;
+    while iter.valid() {
+        let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+            break;
+        };
+        let Some((_, _, base_offset)) = keys::parse_batch_key(key) else {
+            return Err(Error::Internal("malformed batch key".to_string()));
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            topic: topic.name.clone(),
+            partition,
+            offset: base_offset,
+            reason,
+        };
+        let view = BatchView::parse(value).map_err(corrupt)?;
+        let batch_end = (base_offset + view.offset_span()).min(upper);
+        let start = offset.max(base_offset);
+        if batch_end <= start {
+            // The batch before `offset` ends before it (a compacted gap).
+            iter.next();
+            continue;
+        }
+        let wanted = limits.max_records - records;
+        let (end, count) = if view.kind == PayloadKind::Columnar
+            || u64::from(view.record_count) == view.offset_span()
+        {
+            let available = (batch_end - start) as usize;
+            let count = available.min(wanted);
+            (start + count as u64, count)
+        } else {
+            // Compacted: count the surviving records in range.
+            let mut count = 0usize;
+            let mut end = batch_end;
+            for row in view.rows().map_err(corrupt)? {
+                let row = row.map_err(corrupt)?;
+                let row_offset = base_offset + u64::from(row.offset_delta);
+                if row_offset < start || row_offset >= batch_end {
+                    continue;
+                }
+                if count == wanted {
+                    end = row_offset;
+                    break;
+                }
+                count += 1;
+            }
+            (end, count)
+        };
+        fetch.batches.push(FetchedBatch {
+            topic: topic_name.clone(),
+            partition,
+            base_offset,
+            offsets: start..end,
+            record_count: count,
+            kind: view.kind,
+            bytes: value.to_vec(),
+        });
+        fetch.next_offset = end;
+        records += count;
+        bytes += value.len();
+        if records >= limits.max_records || bytes >= limits.max_bytes || end >= upper {
+            break;
+        }
+        iter.next();
+    }
+    iter.status()?;
+    // Retention may have deleted the head while we read: it raises the log
+    // start before deleting, so a read that raced it fails like one that
+    // came late, instead of silently skipping to later records.
+    let log_start_offset = state.log_start_offset.load(Ordering::Acquire);
+    if log_start_offset > offset {
+        return Err(Error::OffsetOutOfRange {
+            topic: topic.name.clone(),
+            partition,
+            offset,
+            log_start_offset,
+            end_offset: meta.end_offset,
+        });
+    }
+    if fetch.batches.is_empty() {
+        // Everything from `offset` to `upper` was compacted away.
+        fetch.next_offset = upper;
+    }
+    Ok(fetch)
+}

@@ -1,0 +1,2 @@
+//! Unit tests that need crate internals.
+mod model;
