@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use serde_json::json;
-use sluice_engine::storage::bench::{run_ingest, IngestBenchOptions};
 use sluice_engine::storage::Durability;
+use sluice_engine::storage::bench::{IngestBenchOptions, run_ingest};
 
 /// Arguments of `sluice bench ingest`.
 #[derive(Debug, clap::Args)]
@@ -53,7 +53,10 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => {
-            temporary = tempfile::Builder::new().prefix("sluice-bench-").tempdir().context("creating a temporary directory")?;
+            temporary = tempfile::Builder::new()
+                .prefix("sluice-bench-")
+                .tempdir()
+                .context("creating a temporary directory")?;
             temporary.path().to_path_buf()
         }
     };

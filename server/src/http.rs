@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -29,7 +29,11 @@ struct AppState {
 }
 
 /// Serves the API on `listen` until SIGINT or SIGTERM.
-pub(crate) async fn serve(storage: Storage, listen: SocketAddr, max_body_bytes: usize) -> anyhow::Result<()> {
+pub(crate) async fn serve(
+    storage: Storage,
+    listen: SocketAddr,
+    max_body_bytes: usize,
+) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let app = router(AppState { storage, shutdown }, max_body_bytes);
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -48,13 +52,14 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}
@@ -69,7 +74,10 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/topics", get(list_topics).post(create_topic))
         .route("/v1/topics/{topic}", get(get_topic).delete(delete_topic))
-        .route("/v1/topics/{topic}/records", get(read_records).post(produce))
+        .route(
+            "/v1/topics/{topic}/records",
+            get(read_records).post(produce),
+        )
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -134,7 +142,11 @@ impl From<BytesRejection> for ApiError {
         let status = rejection.status();
         ApiError {
             status,
-            code: if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_request" },
+            code: if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "body_too_large"
+            } else {
+                "bad_request"
+            },
             message: rejection.body_text(),
         }
     }
@@ -143,17 +155,22 @@ impl From<BytesRejection> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs blocking storage work off the async workers.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> storage::Result<T> + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        code: "internal",
-        message: format!("task failed: {e}"),
-    })?
-    .map_err(ApiError::from)
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> storage::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: format!("task failed: {e}"),
+        })?
+        .map_err(ApiError::from)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
@@ -189,7 +206,10 @@ async fn list_topics(State(state): State<AppState>) -> ApiResult<Json<wire::Topi
     Ok(Json(wire::TopicList { topics }))
 }
 
-async fn create_topic(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<(StatusCode, Json<wire::Topic>)> {
+async fn create_topic(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<wire::Topic>)> {
     let request: wire::CreateTopic = parse_json(&body?)?;
     let cleanup = match &request.cleanup {
         Some(text) => CleanupPolicy::parse(text)?,
@@ -205,12 +225,18 @@ async fn create_topic(State(state): State<AppState>, body: Result<Bytes, BytesRe
     Ok((StatusCode::CREATED, Json(description.into())))
 }
 
-async fn get_topic(State(state): State<AppState>, Path(topic): Path<String>) -> ApiResult<Json<wire::Topic>> {
+async fn get_topic(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> ApiResult<Json<wire::Topic>> {
     let description = state.storage.describe_topic(&topic)?;
     Ok(Json(description.into()))
 }
 
-async fn delete_topic(State(state): State<AppState>, Path(topic): Path<String>) -> ApiResult<Json<wire::Status>> {
+async fn delete_topic(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> ApiResult<Json<wire::Status>> {
     let storage = state.storage.clone();
     let name = topic.clone();
     blocking(move || storage.drop_topic(&name)).await?;
@@ -247,8 +273,9 @@ async fn produce(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            serde_json::from_slice::<serde::de::IgnoredAny>(line)
-                .map_err(|e| ApiError::bad_request(format!("line {}: not a JSON value: {e}", number + 1)))?;
+            serde_json::from_slice::<serde::de::IgnoredAny>(line).map_err(|e| {
+                ApiError::bad_request(format!("line {}: not a JSON value: {e}", number + 1))
+            })?;
             records.push(Record::new(line.to_vec()).with_timestamp(now).into());
         }
         records
@@ -258,7 +285,8 @@ async fn produce(
             .records
             .into_iter()
             .map(|r| {
-                let mut record = Record::new(json_bytes(r.value)).with_timestamp(r.timestamp.unwrap_or(now));
+                let mut record =
+                    Record::new(json_bytes(r.value)).with_timestamp(r.timestamp.unwrap_or(now));
                 if let Some(key) = r.key.filter(|k| !k.is_null()) {
                     record = record.with_key(json_bytes(key));
                 }
@@ -369,13 +397,16 @@ async fn read_records(
     let description = state.storage.describe_topic(&topic)?;
     let cursors: Vec<Cursor> = match params.partition {
         Some(partition) => {
-            let info = description.partitions.get(partition as usize).ok_or_else(|| {
-                ApiError::from(storage::Error::NoSuchPartition {
-                    topic: topic.clone(),
-                    partition,
-                    partitions: description.partitions.len() as u32,
-                })
-            })?;
+            let info = description
+                .partitions
+                .get(partition as usize)
+                .ok_or_else(|| {
+                    ApiError::from(storage::Error::NoSuchPartition {
+                        topic: topic.clone(),
+                        partition,
+                        partitions: description.partitions.len() as u32,
+                    })
+                })?;
             vec![Cursor {
                 partition,
                 offset: params.offset.unwrap_or(info.log_start_offset),
@@ -383,7 +414,9 @@ async fn read_records(
         }
         None => {
             if params.offset.is_some() {
-                return Err(ApiError::bad_request("offset needs a partition: add ?partition=N"));
+                return Err(ApiError::bad_request(
+                    "offset needs a partition: add ?partition=N",
+                ));
             }
             description
                 .partitions
@@ -398,7 +431,9 @@ async fn read_records(
     let limit = match params.limit {
         Some(0) => return Err(ApiError::bad_request("limit must be positive")),
         Some(limit) if limit > MAX_READ_LIMIT && !params.follow => {
-            return Err(ApiError::bad_request(format!("limit must be at most {MAX_READ_LIMIT}")));
+            return Err(ApiError::bad_request(format!(
+                "limit must be at most {MAX_READ_LIMIT}"
+            )));
         }
         Some(limit) => limit,
         None if params.follow => usize::MAX,
@@ -425,29 +460,37 @@ async fn read_records(
         return Ok((ndjson, body).into_response());
     }
     let shutdown = state.shutdown.clone();
-    let stream = futures::stream::unfold((reader, Some(first), shutdown), |(mut reader, pending, mut shutdown)| async move {
-        if let Some(chunk) = pending.filter(|c| !c.is_empty()) {
-            return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (reader, None, shutdown)));
-        }
-        loop {
-            if reader.remaining == 0 || *shutdown.borrow() {
-                return None;
+    let stream = futures::stream::unfold(
+        (reader, Some(first), shutdown),
+        |(mut reader, pending, mut shutdown)| async move {
+            if let Some(chunk) = pending.filter(|c| !c.is_empty()) {
+                return Some((
+                    Ok::<_, std::io::Error>(Bytes::from(chunk)),
+                    (reader, None, shutdown),
+                ));
             }
-            match reader.read_available().await {
-                Ok(chunk) if !chunk.is_empty() => return Some((Ok(Bytes::from(chunk)), (reader, None, shutdown))),
-                Ok(_) => {
-                    tokio::select! {
-                        _ = reader.wait() => {}
-                        _ = shutdown.changed() => return None,
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error.message, "follow stream ended");
+            loop {
+                if reader.remaining == 0 || *shutdown.borrow() {
                     return None;
                 }
+                match reader.read_available().await {
+                    Ok(chunk) if !chunk.is_empty() => {
+                        return Some((Ok(Bytes::from(chunk)), (reader, None, shutdown)));
+                    }
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = reader.wait() => {}
+                            _ = shutdown.changed() => return None,
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(reason = %error.message, "follow stream ended");
+                        return None;
+                    }
+                }
             }
-        }
-    });
+        },
+    );
     Ok((ndjson, Body::from_stream(stream.boxed())).into_response())
 }
 
@@ -472,7 +515,8 @@ impl Reader {
             let max_records = self.remaining.min(10_000);
             let mut left = self.remaining;
             let (chunk, next, left) = blocking(move || {
-                let fetch = storage.read(&topic, partition, offset, ReadLimits::records(max_records))?;
+                let fetch =
+                    storage.read(&topic, partition, offset, ReadLimits::records(max_records))?;
                 let mut chunk = Vec::new();
                 render(&fetch, &mut chunk, &mut left)?;
                 Ok((chunk, fetch.next_offset, left))
@@ -488,7 +532,12 @@ impl Reader {
     /// Waits until some partition has records past its cursor (or a while).
     async fn wait(&self) {
         let waits = self.cursors.iter().map(|cursor| {
-            Box::pin(self.storage.wait_for_records(&self.topic, cursor.partition, cursor.offset, FOLLOW_POLL))
+            Box::pin(self.storage.wait_for_records(
+                &self.topic,
+                cursor.partition,
+                cursor.offset,
+                FOLLOW_POLL,
+            ))
         });
         let _ = futures::future::select_all(waits).await;
     }

@@ -90,7 +90,11 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
     tracing::info!(data_dir = %args.data_dir.display(), durability = args.durability.as_str(), "storage open");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let result = runtime.block_on(http::serve(storage.clone(), args.listen, args.max_body_bytes));
+    let result = runtime.block_on(http::serve(
+        storage.clone(),
+        args.listen,
+        args.max_body_bytes,
+    ));
     storage.close().context("closing storage")?;
     tracing::info!("storage closed; bye");
     result

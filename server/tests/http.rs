@@ -13,7 +13,15 @@ struct Server {
 impl Server {
     fn start(data_dir: &std::path::Path) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["server", "--listen", "127.0.0.1:0", "--max-body-bytes", "4096", "--durability", "os"])
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-body-bytes",
+                "4096",
+                "--durability",
+                "os",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "info")
@@ -24,7 +32,10 @@ impl Server {
         let mut line = String::new();
         let address = loop {
             line.clear();
-            assert!(stderr.read_line(&mut line).expect("read log") > 0, "server exited before listening");
+            assert!(
+                stderr.read_line(&mut line).expect("read log") > 0,
+                "server exited before listening"
+            );
             if let Some(at) = line.find("address=") {
                 break line[at + "address=".len()..].trim().to_string();
             }
@@ -47,7 +58,10 @@ impl Server {
         let response = String::from_utf8(response).expect("utf8 response");
         let status: u16 = response[9..12].parse().expect("status code");
         let (head, body) = response.split_once("\r\n\r\n").expect("headers end");
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(body)
         } else {
             body.to_string()
@@ -65,7 +79,10 @@ impl Server {
 
     fn stop(mut self) {
         let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
         assert!(status.success());
         let exit = self.child.wait().expect("wait");
         assert!(exit.success(), "server exited with {exit}");
@@ -90,7 +107,10 @@ fn json(text: &str) -> serde_json::Value {
 }
 
 fn error_code(body: &str) -> String {
-    json(body)["error"]["code"].as_str().expect("error code").to_string()
+    json(body)["error"]["code"]
+        .as_str()
+        .expect("error code")
+        .to_string()
 }
 
 #[test]
@@ -143,20 +163,101 @@ fn topics_and_records_over_http_survive_a_restart() {
 
     // Bad input: each is a 4xx with the error shape, and nothing changes.
     for (method, path, content_type, payload, want_status, want_code) in [
-        ("POST", "/v1/topics", "application/json", "{not json", 400, "bad_request"),
-        ("POST", "/v1/topics", "application/json", r#"{"name":"a b"}"#, 400, "invalid_input"),
-        ("POST", "/v1/topics", "application/json", r#"{"name":"x","partitions":"many"}"#, 400, "bad_request"),
-        ("POST", "/v1/topics/nope/records", "application/json", r#"{"records":[{"value":1}]}"#, 404, "not_found"),
-        ("POST", "/v1/topics/bids/records", "application/json", r#"{"records":[]}"#, 400, "bad_request"),
-        ("POST", "/v1/topics/bids/records", "application/json", r#"{"records":[{"value":1,"partition":9}]}"#, 404, "no_such_partition"),
-        ("POST", "/v1/topics/bids/records", "application/x-ndjson", "{\"ok\":1}\nnot json\n", 400, "bad_request"),
-        ("GET", "/v1/topics/bids/records?partition=0&offset=99", "application/json", "", 400, "offset_out_of_range"),
-        ("GET", "/v1/topics/bids/records?offset=1", "application/json", "", 400, "bad_request"),
-        ("GET", "/v1/topics/nope", "application/json", "", 404, "not_found"),
-        ("GET", "/v1/nothing-here", "application/json", "", 404, "not_found"),
+        (
+            "POST",
+            "/v1/topics",
+            "application/json",
+            "{not json",
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/topics",
+            "application/json",
+            r#"{"name":"a b"}"#,
+            400,
+            "invalid_input",
+        ),
+        (
+            "POST",
+            "/v1/topics",
+            "application/json",
+            r#"{"name":"x","partitions":"many"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/topics/nope/records",
+            "application/json",
+            r#"{"records":[{"value":1}]}"#,
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/v1/topics/bids/records",
+            "application/json",
+            r#"{"records":[]}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/topics/bids/records",
+            "application/json",
+            r#"{"records":[{"value":1,"partition":9}]}"#,
+            404,
+            "no_such_partition",
+        ),
+        (
+            "POST",
+            "/v1/topics/bids/records",
+            "application/x-ndjson",
+            "{\"ok\":1}\nnot json\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/v1/topics/bids/records?partition=0&offset=99",
+            "application/json",
+            "",
+            400,
+            "offset_out_of_range",
+        ),
+        (
+            "GET",
+            "/v1/topics/bids/records?offset=1",
+            "application/json",
+            "",
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/v1/topics/nope",
+            "application/json",
+            "",
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/v1/nothing-here",
+            "application/json",
+            "",
+            404,
+            "not_found",
+        ),
     ] {
         let (status, body) = server.request(method, path, content_type, payload);
-        assert_eq!((status, error_code(&body)), (want_status, want_code.to_string()), "{method} {path}: {body}");
+        assert_eq!(
+            (status, error_code(&body)),
+            (want_status, want_code.to_string()),
+            "{method} {path}: {body}"
+        );
     }
     let huge = format!(r#"{{"records":[{{"value":"{}"}}]}}"#, "x".repeat(8192));
     let (status, body) = server.post("/v1/topics/bids/records", &huge);
@@ -179,6 +280,9 @@ fn topics_and_records_over_http_survive_a_restart() {
     let (status, _) = server.request("DELETE", "/v1/topics/bids", "application/json", "");
     assert_eq!(status, 200);
     let (status, body) = server.get("/v1/topics");
-    assert_eq!((status, json(&body)["topics"].as_array().map(Vec::len)), (200, Some(0)));
+    assert_eq!(
+        (status, json(&body)["topics"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
     server.stop();
 }

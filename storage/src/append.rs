@@ -79,7 +79,12 @@ impl AtomicWrite {
     }
 
     /// Adds a batch of records for one partition.
-    pub fn append(&mut self, topic: impl Into<String>, partition: u32, records: Vec<Record>) -> &mut Self {
+    pub fn append(
+        &mut self,
+        topic: impl Into<String>,
+        partition: u32,
+        records: Vec<Record>,
+    ) -> &mut Self {
         self.appends.push(AtomicAppend::Rows {
             topic: topic.into(),
             partition,
@@ -126,7 +131,11 @@ impl AtomicWrite {
 
 impl Shared {
     /// Checks records against the topic and the limits, and encodes them.
-    pub(crate) fn encode_rows(&self, topic: &TopicState, records: &[Record]) -> Result<EncodedBatch> {
+    pub(crate) fn encode_rows(
+        &self,
+        topic: &TopicState,
+        records: &[Record],
+    ) -> Result<EncodedBatch> {
         if records.is_empty() {
             return Err(Error::invalid("cannot append an empty batch"));
         }
@@ -150,7 +159,12 @@ impl Shared {
         Ok(EncodedBatch::rows(records))
     }
 
-    fn encode_columnar(&self, topic: &TopicState, timestamps: &[i64], ipc: &[u8]) -> Result<EncodedBatch> {
+    fn encode_columnar(
+        &self,
+        topic: &TopicState,
+        timestamps: &[i64],
+        ipc: &[u8],
+    ) -> Result<EncodedBatch> {
         if timestamps.is_empty() {
             return Err(Error::invalid("cannot append an empty batch"));
         }
@@ -166,7 +180,9 @@ impl Shared {
 
     fn check_batch_size(&self, records: usize, bytes: usize) -> Result<()> {
         if records > u32::MAX as usize / 2 {
-            return Err(Error::invalid(format!("a batch of {records} records is too many")));
+            return Err(Error::invalid(format!(
+                "a batch of {records} records is too many"
+            )));
         }
         if bytes > self.options.max_batch_bytes {
             return Err(Error::invalid(format!(
@@ -177,7 +193,12 @@ impl Shared {
         Ok(())
     }
 
-    fn pending(&self, topic: &str, partition: u32, encode: impl FnOnce(&TopicState) -> Result<EncodedBatch>) -> Result<PendingAppend> {
+    fn pending(
+        &self,
+        topic: &str,
+        partition: u32,
+        encode: impl FnOnce(&TopicState) -> Result<EncodedBatch>,
+    ) -> Result<PendingAppend> {
         let topic = self.topic(topic)?;
         self.partition(&topic, partition)?;
         let batch = encode(&topic)?;
@@ -192,18 +213,39 @@ impl Shared {
 impl Storage {
     /// Appends records to one partition as one batch; resolves when they
     /// are durable. The records get consecutive offsets.
-    pub async fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<AppendOutcome> {
+    pub async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: &[Record],
+    ) -> Result<AppendOutcome> {
         let request = self.append_request(topic, partition, records)?;
-        single(self.inner.writer.write_async(request).await.map_err(|_| Error::Closed)??)
+        single(
+            self.inner
+                .writer
+                .write_async(request)
+                .await
+                .map_err(|_| Error::Closed)??,
+        )
     }
 
     /// [`Storage::append`] for blocking callers.
-    pub fn append_blocking(&self, topic: &str, partition: u32, records: &[Record]) -> Result<AppendOutcome> {
+    pub fn append_blocking(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: &[Record],
+    ) -> Result<AppendOutcome> {
         let request = self.append_request(topic, partition, records)?;
         single(self.inner.writer.write_blocking(request)?)
     }
 
-    fn append_request(&self, topic: &str, partition: u32, records: &[Record]) -> Result<WriteRequest> {
+    fn append_request(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: &[Record],
+    ) -> Result<WriteRequest> {
         let shared = &self.inner.shared;
         let append = shared.pending(topic, partition, |t| shared.encode_rows(t, records))?;
         Ok(WriteRequest {
@@ -222,26 +264,47 @@ impl Storage {
         ipc: &[u8],
     ) -> Result<AppendOutcome> {
         let shared = &self.inner.shared;
-        let append = shared.pending(topic, partition, |t| shared.encode_columnar(t, timestamps, ipc))?;
+        let append = shared.pending(topic, partition, |t| {
+            shared.encode_columnar(t, timestamps, ipc)
+        })?;
         let request = WriteRequest {
             appends: vec![append],
             state: Vec::new(),
         };
-        single(self.inner.writer.write_async(request).await.map_err(|_| Error::Closed)??)
+        single(
+            self.inner
+                .writer
+                .write_async(request)
+                .await
+                .map_err(|_| Error::Closed)??,
+        )
     }
 
     /// Produces records to a topic: each goes to its explicit partition,
     /// else to `murmur2(key) % partitions`, else (keyless) to one partition
     /// picked round-robin for this call. All partitions' batches are written
     /// atomically. Returns each record's position, in input order.
-    pub async fn produce(&self, topic: &str, records: Vec<ProduceRecord>) -> Result<Vec<RecordPosition>> {
+    pub async fn produce(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<Vec<RecordPosition>> {
         let (request, placement) = self.produce_request(topic, records)?;
-        let outcomes = self.inner.writer.write_async(request).await.map_err(|_| Error::Closed)??;
+        let outcomes = self
+            .inner
+            .writer
+            .write_async(request)
+            .await
+            .map_err(|_| Error::Closed)??;
         Ok(positions(&outcomes, &placement))
     }
 
     /// [`Storage::produce`] for blocking callers.
-    pub fn produce_blocking(&self, topic: &str, records: Vec<ProduceRecord>) -> Result<Vec<RecordPosition>> {
+    pub fn produce_blocking(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<Vec<RecordPosition>> {
         let (request, placement) = self.produce_request(topic, records)?;
         let outcomes = self.inner.writer.write_blocking(request)?;
         Ok(positions(&outcomes, &placement))
@@ -249,7 +312,11 @@ impl Storage {
 
     /// Splits records by partition. `placement[i]` is `(append index, index
     /// within that batch)` of input record `i`.
-    fn produce_request(&self, topic: &str, records: Vec<ProduceRecord>) -> Result<(WriteRequest, Vec<(usize, usize)>)> {
+    fn produce_request(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<(WriteRequest, Vec<(usize, usize)>)> {
         let shared = &self.inner.shared;
         let topic_state = shared.topic(topic)?;
         let partitions = topic_state.partition_count();
@@ -303,7 +370,11 @@ impl Storage {
     /// one outcome per append, in order.
     pub async fn commit(&self, write: AtomicWrite) -> Result<Vec<AppendOutcome>> {
         let request = self.commit_request(write)?;
-        self.inner.writer.write_async(request).await.map_err(|_| Error::Closed)?
+        self.inner
+            .writer
+            .write_async(request)
+            .await
+            .map_err(|_| Error::Closed)?
     }
 
     /// [`Storage::commit`] for blocking callers.
@@ -315,17 +386,26 @@ impl Storage {
     fn commit_request(&self, write: AtomicWrite) -> Result<WriteRequest> {
         let shared = &self.inner.shared;
         if write.is_empty() {
-            return Err(Error::invalid("an atomic write needs at least one append or state change"));
+            return Err(Error::invalid(
+                "an atomic write needs at least one append or state change",
+            ));
         }
         let mut appends = Vec::with_capacity(write.appends.len());
         for append in write.appends {
             appends.push(match append {
-                AtomicAppend::Rows { topic, partition, records } => {
-                    shared.pending(&topic, partition, |t| shared.encode_rows(t, &records))?
-                }
-                AtomicAppend::Columnar { topic, partition, timestamps, ipc } => {
-                    shared.pending(&topic, partition, |t| shared.encode_columnar(t, &timestamps, &ipc))?
-                }
+                AtomicAppend::Rows {
+                    topic,
+                    partition,
+                    records,
+                } => shared.pending(&topic, partition, |t| shared.encode_rows(t, &records))?,
+                AtomicAppend::Columnar {
+                    topic,
+                    partition,
+                    timestamps,
+                    ipc,
+                } => shared.pending(&topic, partition, |t| {
+                    shared.encode_columnar(t, &timestamps, &ipc)
+                })?,
             });
         }
         let state = write
@@ -343,8 +423,12 @@ impl Storage {
 
 fn single(mut outcomes: Vec<AppendOutcome>) -> Result<AppendOutcome> {
     match outcomes.len() {
-        1 => outcomes.pop().ok_or_else(|| Error::Internal("missing append outcome".into())),
-        n => Err(Error::Internal(format!("expected one append outcome, got {n}"))),
+        1 => outcomes
+            .pop()
+            .ok_or_else(|| Error::Internal("missing append outcome".into())),
+        n => Err(Error::Internal(format!(
+            "expected one append outcome, got {n}"
+        ))),
     }
 }
 

@@ -123,9 +123,26 @@ impl EncodedBatch {
         let mut bytes = Vec::with_capacity(capacity);
         let (min_ts, max_ts) = time_range(records.iter().map(|r| r.timestamp_ms));
         let count = records.len() as u32;
-        write_header(&mut bytes, KIND_ROWS, count, count.saturating_sub(1), max_ts, min_ts);
+        write_header(
+            &mut bytes,
+            KIND_ROWS,
+            count,
+            count.saturating_sub(1),
+            max_ts,
+            min_ts,
+        );
         for (delta, record) in records.iter().enumerate() {
-            encode_row(&mut bytes, delta as u32, record.timestamp_ms, record.key.as_deref(), &record.value, record.headers.iter().map(|h| (h.name.as_str(), h.value.as_slice())));
+            encode_row(
+                &mut bytes,
+                delta as u32,
+                record.timestamp_ms,
+                record.key.as_deref(),
+                &record.value,
+                record
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.as_str(), h.value.as_slice())),
+            );
         }
         debug_assert_eq!(bytes.len(), capacity);
         EncodedBatch {
@@ -139,13 +156,27 @@ impl EncodedBatch {
     /// offset deltas and the batch's original last offset delta.
     pub(crate) fn compacted(view: &BatchView<'_>, keep: &[bool]) -> Result<Self, String> {
         let mut bytes = Vec::with_capacity(view.bytes.len());
-        write_header(&mut bytes, KIND_ROWS, 0, view.last_offset_delta, i64::MIN, i64::MAX);
+        write_header(
+            &mut bytes,
+            KIND_ROWS,
+            0,
+            view.last_offset_delta,
+            i64::MIN,
+            i64::MAX,
+        );
         let mut count = 0u32;
         let mut stamps = Vec::new();
         for (index, row) in view.rows()?.enumerate() {
             let row = row?;
             if keep.get(index).copied().unwrap_or(true) {
-                encode_row(&mut bytes, row.offset_delta, row.timestamp_ms, row.key, row.value, row.headers());
+                encode_row(
+                    &mut bytes,
+                    row.offset_delta,
+                    row.timestamp_ms,
+                    row.key,
+                    row.value,
+                    row.headers(),
+                );
                 stamps.push(row.timestamp_ms);
                 count += 1;
             }
@@ -167,7 +198,14 @@ impl EncodedBatch {
         let count = timestamps.len() as u32;
         let (min_ts, max_ts) = time_range(timestamps.iter().copied());
         let mut bytes = Vec::with_capacity(HEADER_LEN + 8 * timestamps.len() + ipc.len());
-        write_header(&mut bytes, KIND_COLUMNAR, count, count.saturating_sub(1), max_ts, min_ts);
+        write_header(
+            &mut bytes,
+            KIND_COLUMNAR,
+            count,
+            count.saturating_sub(1),
+            max_ts,
+            min_ts,
+        );
         for ts in timestamps {
             bytes.extend_from_slice(&ts.to_le_bytes());
         }
@@ -184,7 +222,14 @@ fn time_range(stamps: impl Iterator<Item = i64>) -> (i64, i64) {
     stamps.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)))
 }
 
-fn write_header(bytes: &mut Vec<u8>, kind: u8, count: u32, last_delta: u32, max_ts: i64, min_ts: i64) {
+fn write_header(
+    bytes: &mut Vec<u8>,
+    kind: u8,
+    count: u32,
+    last_delta: u32,
+    max_ts: i64,
+    min_ts: i64,
+) {
     bytes.push(kind);
     bytes.extend_from_slice(&count.to_le_bytes());
     bytes.extend_from_slice(&last_delta.to_le_bytes());
@@ -242,7 +287,10 @@ pub(crate) struct BatchView<'a> {
 impl<'a> BatchView<'a> {
     pub(crate) fn parse(bytes: &'a [u8]) -> Result<Self, String> {
         if bytes.len() < HEADER_LEN {
-            return Err(format!("batch of {} bytes is shorter than its header", bytes.len()));
+            return Err(format!(
+                "batch of {} bytes is shorter than its header",
+                bytes.len()
+            ));
         }
         let kind = match bytes[0] {
             KIND_ROWS => PayloadKind::Rows,
@@ -338,7 +386,12 @@ impl<'a> RowIter<'a> {
             .position
             .checked_add(len)
             .filter(|end| *end <= self.bytes.len())
-            .ok_or_else(|| format!("record runs past the end of the batch at byte {}", self.position))?;
+            .ok_or_else(|| {
+                format!(
+                    "record runs past the end of the batch at byte {}",
+                    self.position
+                )
+            })?;
         let slice = &self.bytes[self.position..end];
         self.position = end;
         Ok(slice)
@@ -457,7 +510,10 @@ mod tests {
                     timestamp_ms: row.timestamp_ms,
                     headers: row
                         .headers()
-                        .map(|(n, v)| Header { name: n.to_string(), value: v.to_vec() })
+                        .map(|(n, v)| Header {
+                            name: n.to_string(),
+                            value: v.to_vec(),
+                        })
                         .collect(),
                 }
             })

@@ -13,7 +13,7 @@ use crate::batch::{EncodedBatch, Record};
 use crate::error::{Error, Result};
 use crate::options::{Durability, StorageOptions};
 use crate::read::ReadLimits;
-use crate::storage::{Storage, CF_LOG};
+use crate::storage::{CF_LOG, Storage};
 use crate::topic::TopicConfig;
 
 /// What to measure.
@@ -52,14 +52,19 @@ pub struct IngestBenchReport {
 
 fn value_template(bytes: usize) -> Vec<u8> {
     // Printable, not all one byte, so compression does not flatter us.
-    (0..bytes).map(|i| b'a' + ((i * 7 + i / 26) % 26) as u8).collect()
+    (0..bytes)
+        .map(|i| b'a' + ((i * 7 + i / 26) % 26) as u8)
+        .collect()
 }
 
 /// Runs the benchmark in `dir` (which should be empty; it is left with
 /// the data written).
 pub fn run_ingest(dir: &Path, options: &IngestBenchOptions) -> Result<IngestBenchReport> {
-    if options.records == 0 || options.batch == 0 || options.writers == 0 || options.partitions == 0 {
-        return Err(Error::invalid("records, batch, writers and partitions must all be positive"));
+    if options.records == 0 || options.batch == 0 || options.writers == 0 || options.partitions == 0
+    {
+        return Err(Error::invalid(
+            "records, batch, writers and partitions must all be positive",
+        ));
     }
     let value = value_template(options.record_bytes);
     let template: Vec<Record> = (0..options.batch)
@@ -73,10 +78,11 @@ pub fn run_ingest(dir: &Path, options: &IngestBenchOptions) -> Result<IngestBenc
     let storage = Storage::open(dir.join("sluice"), storage_options.clone())?;
     storage.create_topic(TopicConfig::new("bench", options.partitions))?;
     let template = Arc::new(template);
-    let elapsed = run_writers(options, |writer, partition, count| {
+    let elapsed = run_writers(options, |_writer, partition, count| {
         let records = &template[..count];
-        let _ = writer;
-        storage.append_blocking("bench", partition, records).map(|_| ())
+        storage
+            .append_blocking("bench", partition, records)
+            .map(|_| ())
     })?;
     let read_records_per_s = measure_read(&storage)?;
     storage.close()?;
@@ -93,7 +99,11 @@ pub fn run_ingest(dir: &Path, options: &IngestBenchOptions) -> Result<IngestBenc
         let mut key = [0u8; 16];
         key[0..4].copy_from_slice(&partition.to_be_bytes());
         key[8..16].copy_from_slice(&seq.to_be_bytes());
-        let bytes = if count == options.batch { &payload[..] } else { &payload[..encoded_len * count / options.batch] };
+        let bytes = if count == options.batch {
+            &payload[..]
+        } else {
+            &payload[..encoded_len * count / options.batch]
+        };
         let mut batch = WriteBatch::default();
         batch.put_cf(log, key, bytes);
         let mut write_options = WriteOptions::default();
@@ -139,10 +149,10 @@ fn run_writers(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| Error::Internal("bench writer panicked".into()))?)
-            .collect::<Result<()>>()
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| Error::Internal("bench writer panicked".into()))?
+        })
     })?;
     Ok(start.elapsed())
 }
@@ -154,7 +164,12 @@ fn measure_read(storage: &Storage) -> Result<f64> {
     let mut records = 0u64;
     let mut checksum = 0usize;
     while offset < end {
-        let fetch = storage.read("bench", 0, offset, ReadLimits::records(100_000).with_max_bytes(32 << 20))?;
+        let fetch = storage.read(
+            "bench",
+            0,
+            offset,
+            ReadLimits::records(100_000).with_max_bytes(32 << 20),
+        )?;
         for batch in &fetch.batches {
             for record in batch.records()? {
                 checksum = checksum.wrapping_add(record?.value.len());

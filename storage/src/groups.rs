@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::storage::{Shared, Storage, CF_GROUPS};
+use crate::storage::{CF_GROUPS, Shared, Storage};
 use crate::writer::{StateOp, WriteRequest};
 
 /// The longest consumer group name accepted.
@@ -35,7 +35,13 @@ fn validate_group(group: &str) -> Result<()> {
 impl Storage {
     /// Commits a group's offset for a partition: the offset of the next
     /// record the group will read. It may not pass the end offset.
-    pub fn commit_offset(&self, group: &str, topic: &str, partition: u32, offset: u64) -> Result<()> {
+    pub fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<()> {
         validate_group(group)?;
         let shared = &self.inner.shared;
         let topic_state = shared.topic(topic)?;
@@ -62,14 +68,20 @@ impl Storage {
     }
 
     /// A group's committed offset for a partition, if any.
-    pub fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>> {
+    pub fn committed_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>> {
         validate_group(group)?;
         let shared = &self.inner.shared;
         let topic_state = shared.topic(topic)?;
         shared.partition(&topic_state, partition)?;
-        let raw = shared
-            .db
-            .get_cf(shared.cf(CF_GROUPS)?, keys::group_offset_key(group, topic_state.id, partition))?;
+        let raw = shared.db.get_cf(
+            shared.cf(CF_GROUPS)?,
+            keys::group_offset_key(group, topic_state.id, partition),
+        )?;
         raw.map(|raw| decode_offset(&raw)).transpose()
     }
 
@@ -81,7 +93,9 @@ impl Storage {
             .iter()
             .map(|info| {
                 let committed = self.committed_offset(group, topic, info.partition)?;
-                let position = committed.unwrap_or(info.log_start_offset).max(info.log_start_offset);
+                let position = committed
+                    .unwrap_or(info.log_start_offset)
+                    .max(info.log_start_offset);
                 Ok(PartitionLag {
                     partition: info.partition,
                     committed_offset: committed,
@@ -96,7 +110,10 @@ impl Storage {
     pub fn list_groups(&self) -> Result<Vec<String>> {
         let shared = &self.inner.shared;
         let mut groups: Vec<String> = Vec::new();
-        for entry in shared.db.iterator_cf(shared.cf(CF_GROUPS)?, rocksdb::IteratorMode::Start) {
+        for entry in shared
+            .db
+            .iterator_cf(shared.cf(CF_GROUPS)?, rocksdb::IteratorMode::Start)
+        {
             let (key, _) = entry?;
             if let Some((group, _, _)) = keys::parse_group_offset_key(&key)
                 && groups.last() != Some(&group)
@@ -118,7 +135,10 @@ fn decode_offset(raw: &[u8]) -> Result<u64> {
 /// Keys of every committed offset of a topic (to delete when it is dropped).
 pub(crate) fn offset_keys_of_topic(shared: &Shared, topic_id: u32) -> Result<Vec<Vec<u8>>> {
     let mut found = Vec::new();
-    for entry in shared.db.iterator_cf(shared.cf(CF_GROUPS)?, rocksdb::IteratorMode::Start) {
+    for entry in shared
+        .db
+        .iterator_cf(shared.cf(CF_GROUPS)?, rocksdb::IteratorMode::Start)
+    {
         let (key, _) = entry?;
         if let Some((_, id, _)) = keys::parse_group_offset_key(&key)
             && id == topic_id

@@ -45,6 +45,7 @@ pub(crate) fn ordered_i64(value: i64) -> u64 {
 }
 
 /// The inverse of [`ordered_i64`].
+#[cfg(test)]
 pub(crate) fn from_ordered_i64(value: u64) -> i64 {
     (value ^ (1 << 63)) as i64
 }
@@ -109,7 +110,7 @@ mod tests {
 
     #[test]
     fn batch_keys_sort_by_partition_then_offset() {
-        let mut keys = vec![
+        let mut keys = [
             batch_key(1, 1, 0),
             batch_key(1, 0, 300),
             batch_key(1, 0, 2),
@@ -120,7 +121,13 @@ mod tests {
         let parsed: Vec<_> = keys.iter().map(|k| parse_batch_key(k).unwrap()).collect();
         assert_eq!(
             parsed,
-            vec![(0, 7, u64::MAX), (1, 0, 2), (1, 0, 256), (1, 0, 300), (1, 1, 0)]
+            vec![
+                (0, 7, u64::MAX),
+                (1, 0, 2),
+                (1, 0, 256),
+                (1, 0, 300),
+                (1, 1, 0)
+            ]
         );
     }
 

@@ -44,16 +44,16 @@ mod writer;
 mod tests;
 
 pub use append::{AtomicWrite, ProduceRecord, RecordPosition};
-pub use batch::{now_ms, Header, HeaderIter, PayloadKind, Record};
+pub use batch::{Header, HeaderIter, PayloadKind, Record, now_ms};
 pub use error::{Error, Result};
-pub use groups::{PartitionLag, MAX_GROUP_NAME_LEN};
+pub use groups::{MAX_GROUP_NAME_LEN, PartitionLag};
 pub use options::{Durability, StorageOptions};
 pub use read::{ColumnarSlice, Fetch, FetchedBatch, OwnedRecord, ReadLimits, RecordView};
 pub use retention::RetentionReport;
 pub use state::StateSpace;
 pub use storage::Storage;
 pub use topic::{
-    validate_partition_count, validate_topic_name, CleanupPolicy, PartitionInfo, TopicConfig,
-    TopicDescription, TopicSettings, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN,
+    CleanupPolicy, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, PartitionInfo, TopicConfig,
+    TopicDescription, TopicSettings, validate_partition_count, validate_topic_name,
 };
 pub use writer::AppendOutcome;

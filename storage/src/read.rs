@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use rocksdb::{DBRawIterator, ReadOptions};
 
-use crate::batch::{BatchView, HeaderIter, PayloadKind, RawRow, Record, Header};
+use crate::batch::{BatchView, Header, HeaderIter, PayloadKind, RawRow, Record};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::storage::{PartitionState, Shared, Storage, TopicState, CF_LOG, CF_TIME_INDEX};
+use crate::storage::{CF_LOG, CF_TIME_INDEX, PartitionState, Shared, Storage, TopicState};
 
 /// Bounds of one read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,7 +275,13 @@ impl Storage {
     /// Reading at the end offset returns no batches. An offset below the
     /// log start offset or above the end offset is an
     /// [`Error::OffsetOutOfRange`].
-    pub fn read(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Fetch> {
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> Result<Fetch> {
         let shared = &self.inner.shared;
         let topic = shared.topic(topic)?;
         let state = shared.partition(&topic, partition)?;
@@ -293,7 +299,8 @@ impl Storage {
         wait: Duration,
     ) -> Result<Fetch> {
         if !wait.is_zero() {
-            self.wait_for_records(topic, partition, offset, wait).await?;
+            self.wait_for_records(topic, partition, offset, wait)
+                .await?;
         }
         let storage = self.clone();
         let topic = topic.to_string();
@@ -324,16 +331,26 @@ impl Storage {
     /// Kafka's `ListOffsets` by timestamp; `None` when every record is
     /// older. Costs one index seek and a read of the batches from there to
     /// the answer.
-    pub fn offset_for_timestamp(&self, topic: &str, partition: u32, timestamp_ms: i64) -> Result<Option<u64>> {
+    pub fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<Option<u64>> {
         let shared = &self.inner.shared;
         let topic_state = shared.topic(topic)?;
         let state = shared.partition(&topic_state, partition)?;
         let meta = state.meta();
         let index = shared.cf(CF_TIME_INDEX)?;
         let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(keys::partition_key(topic_state.id, partition + 1).to_vec());
+        options
+            .set_iterate_upper_bound(keys::partition_key(topic_state.id, partition + 1).to_vec());
         let mut iter = shared.db.raw_iterator_cf_opt(index, options);
-        iter.seek(keys::time_index_key(topic_state.id, partition, timestamp_ms));
+        iter.seek(keys::time_index_key(
+            topic_state.id,
+            partition,
+            timestamp_ms,
+        ));
         let candidate = if iter.valid() {
             let key = iter.key().unwrap_or_default();
             if !key.starts_with(&keys::partition_key(topic_state.id, partition)) {
@@ -353,7 +370,14 @@ impl Storage {
         // retention removed `candidate`) that is new enough.
         let mut offset = candidate.max(meta.log_start_offset);
         while offset < meta.end_offset {
-            let fetch = read_partition(shared, &topic_state, partition, &state, offset, ReadLimits::default().until(meta.end_offset))?;
+            let fetch = read_partition(
+                shared,
+                &topic_state,
+                partition,
+                &state,
+                offset,
+                ReadLimits::default().until(meta.end_offset),
+            )?;
             for batch in &fetch.batches {
                 if let Some(slice) = batch.columnar()? {
                     for row in slice.rows.0..slice.rows.1 {
@@ -405,7 +429,9 @@ pub(crate) fn read_partition(
             end_offset: meta.end_offset,
         });
     }
-    let upper = limits.until_offset.map_or(meta.end_offset, |u| u.min(meta.end_offset));
+    let upper = limits
+        .until_offset
+        .map_or(meta.end_offset, |u| u.min(meta.end_offset));
     let mut fetch = Fetch {
         batches: Vec::new(),
         next_offset: offset,

@@ -15,18 +15,21 @@
 //!   their offsets (so offsets are never reused, as in Kafka).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rocksdb::ReadOptions;
 
-use crate::batch::{now_ms, BatchView, EncodedBatch};
+use crate::batch::{BatchView, EncodedBatch, now_ms};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::storage::{poisoned, put_partition_meta, PartitionState, Shared, Storage, TopicState, CF_LOG, CF_TIME_INDEX};
+use crate::storage::{
+    CF_LOG, CF_TIME_INDEX, PartitionState, Shared, Storage, TopicState, poisoned,
+    put_partition_meta,
+};
 use crate::topic::CleanupPolicy;
 use crate::writer::{Publish, WriterHandle};
 
@@ -69,10 +72,20 @@ fn apply(shared: &Arc<Shared>, writer: &WriterHandle, now_ms: i64) -> Result<Ret
             match settings.cleanup {
                 CleanupPolicy::Delete => {
                     if settings.retention_ms.is_some() || settings.retention_bytes.is_some() {
-                        delete_head(shared, writer, &topic, partition, state, now_ms, &mut report)?;
+                        delete_head(
+                            shared,
+                            writer,
+                            &topic,
+                            partition,
+                            state,
+                            now_ms,
+                            &mut report,
+                        )?;
                     }
                 }
-                CleanupPolicy::Compact => compact(shared, writer, &topic, partition, state, &mut report)?,
+                CleanupPolicy::Compact => {
+                    compact(shared, writer, &topic, partition, state, &mut report)?
+                }
             }
         }
     }
@@ -100,8 +113,12 @@ fn delete_head(
     let mut iter = shared.db.raw_iterator_cf_opt(shared.cf(CF_LOG)?, options);
     iter.seek(keys::batch_key(topic.id, partition, meta.log_start_offset));
     while iter.valid() {
-        let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
-        let Some((_, _, base_offset)) = keys::parse_batch_key(key) else { break };
+        let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+            break;
+        };
+        let Some((_, _, base_offset)) = keys::parse_batch_key(key) else {
+            break;
+        };
         let view = BatchView::parse(value).map_err(|reason| Error::Corrupt {
             topic: topic.name.clone(),
             partition,
@@ -147,7 +164,9 @@ fn delete_head(
         put_partition_meta(shared, batch, topic.id, partition, &meta)?;
         // Raise the log start before the delete is written, so that a
         // reader never sees the records gone while the start is still low.
-        state.log_start_offset.store(meta.log_start_offset, Ordering::Release);
+        state
+            .log_start_offset
+            .store(meta.log_start_offset, Ordering::Release);
         Ok(Box::new(move |_: &Shared| {
             state.size_bytes.store(meta.size_bytes, Ordering::Release);
         }) as Publish)
@@ -161,14 +180,23 @@ fn delete_head(
 /// Time index entries that point below `log_start`, except the newest of
 /// them: it still answers lookups for timestamps it covers (by sending them
 /// to the log start), while the older ones can never be the answer.
-fn stale_time_index_keys(shared: &Shared, topic_id: u32, partition: u32, log_start: u64) -> Result<Vec<Vec<u8>>> {
+fn stale_time_index_keys(
+    shared: &Shared,
+    topic_id: u32,
+    partition: u32,
+    log_start: u64,
+) -> Result<Vec<Vec<u8>>> {
     let mut options = ReadOptions::default();
     options.set_iterate_upper_bound(keys::partition_key(topic_id, partition + 1).to_vec());
-    let mut iter = shared.db.raw_iterator_cf_opt(shared.cf(CF_TIME_INDEX)?, options);
+    let mut iter = shared
+        .db
+        .raw_iterator_cf_opt(shared.cf(CF_TIME_INDEX)?, options);
     iter.seek(keys::partition_key(topic_id, partition));
     let mut below = Vec::new();
     while iter.valid() {
-        let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
+        let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+            break;
+        };
         if !key.starts_with(&keys::partition_key(topic_id, partition)) {
             break;
         }
@@ -212,8 +240,12 @@ fn compact(
     let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
     iter.seek(keys::batch_key(topic.id, partition, meta.log_start_offset));
     while iter.valid() {
-        let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
-        let Some((_, _, base)) = keys::parse_batch_key(key) else { break };
+        let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+            break;
+        };
+        let Some((_, _, base)) = keys::parse_batch_key(key) else {
+            break;
+        };
         let view = BatchView::parse(value).map_err(corrupt(base))?;
         for row in view.rows().map_err(corrupt(base))? {
             let row = row.map_err(corrupt(base))?;
@@ -229,14 +261,21 @@ fn compact(
     let mut rewrites: Vec<(u64, Option<EncodedBatch>, u64, u64)> = Vec::new();
     iter.seek(keys::batch_key(topic.id, partition, meta.log_start_offset));
     while iter.valid() {
-        let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
-        let Some((_, _, base)) = keys::parse_batch_key(key) else { break };
+        let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+            break;
+        };
+        let Some((_, _, base)) = keys::parse_batch_key(key) else {
+            break;
+        };
         let view = BatchView::parse(value).map_err(corrupt(base))?;
         let mut keep = Vec::with_capacity(view.record_count as usize);
         for row in view.rows().map_err(corrupt(base))? {
             let row = row.map_err(corrupt(base))?;
             let offset = base + u64::from(row.offset_delta);
-            keep.push(row.key.is_none_or(|k| latest.get(k).is_none_or(|last| *last == offset)));
+            keep.push(
+                row.key
+                    .is_none_or(|k| latest.get(k).is_none_or(|last| *last == offset)),
+            );
         }
         let removed = keep.iter().filter(|k| !**k).count() as u64;
         if removed > 0 {
@@ -299,18 +338,24 @@ impl CleanerHandle {
     }
 }
 
-pub(crate) fn spawn_cleaner(shared: Arc<Shared>, writer: WriterHandle, interval: Duration) -> Result<CleanerHandle> {
+pub(crate) fn spawn_cleaner(
+    shared: Arc<Shared>,
+    writer: WriterHandle,
+    interval: Duration,
+) -> Result<CleanerHandle> {
     let (stop, stopped) = mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("sluice-cleaner".to_string())
-        .spawn(move || loop {
-            match stopped.recv_timeout(interval) {
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(error) = apply(&shared, &writer, now_ms()) {
-                        tracing::warn!(%error, "retention pass failed");
+        .spawn(move || {
+            loop {
+                match stopped.recv_timeout(interval) {
+                    Err(RecvTimeoutError::Timeout) => {
+                        if let Err(error) = apply(&shared, &writer, now_ms()) {
+                            tracing::warn!(%error, "retention pass failed");
+                        }
                     }
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                 }
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
             }
         })?;
     Ok(CleanerHandle { stop, thread })

@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::keys::prefix_end;
-use crate::storage::{Storage, CF_CATALOG, CF_CHECKPOINTS};
+use crate::storage::{CF_CATALOG, CF_CHECKPOINTS, Storage};
 use crate::writer::{StateOp, WriteRequest};
 
 /// A key space of the state store, each its own column family.
@@ -40,7 +40,9 @@ impl Storage {
         if let Some(end) = prefix_end(prefix) {
             options.set_iterate_upper_bound(end);
         }
-        let mut iter = shared.db.raw_iterator_cf_opt(shared.cf(space.column_family())?, options);
+        let mut iter = shared
+            .db
+            .raw_iterator_cf_opt(shared.cf(space.column_family())?, options);
         iter.seek(prefix);
         let mut entries = Vec::new();
         while iter.valid() {

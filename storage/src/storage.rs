@@ -14,16 +14,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options,
-    WriteBatch, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
+    WriteBatch,
 };
 
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::options::StorageOptions;
 use crate::topic::{
-    validate_partition_count, validate_topic_name, PartitionInfo, TopicConfig, TopicDescription,
-    TopicMeta, TopicSettings,
+    PartitionInfo, TopicConfig, TopicDescription, TopicMeta, TopicSettings,
+    validate_partition_count, validate_topic_name,
 };
 use crate::writer::{self, WriterCommand, WriterHandle};
 
@@ -82,7 +82,9 @@ pub(crate) struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,12 +192,11 @@ impl Shared {
             .ok_or_else(|| Error::unknown_topic(name))
     }
 
-    pub(crate) fn topic_by_id(&self, id: u32) -> Option<Arc<TopicState>> {
-        let topics = self.topics.read().ok()?;
-        topics.values().find(|t| t.id == id).cloned()
-    }
-
-    pub(crate) fn partition(&self, topic: &TopicState, partition: u32) -> Result<Arc<PartitionState>> {
+    pub(crate) fn partition(
+        &self,
+        topic: &TopicState,
+        partition: u32,
+    ) -> Result<Arc<PartitionState>> {
         let partitions = topic.partitions.read().map_err(|_| poisoned())?;
         partitions
             .get(partition as usize)
@@ -214,10 +215,7 @@ impl TopicState {
     }
 
     pub(crate) fn settings(&self) -> TopicSettings {
-        self.settings
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+        self.settings.read().map(|s| s.clone()).unwrap_or_default()
     }
 
     fn meta(&self) -> TopicMeta {
@@ -255,7 +253,9 @@ impl Storage {
         let cleaner = shared
             .options
             .retention_check_interval
-            .map(|interval| crate::retention::spawn_cleaner(shared.clone(), writer.clone(), interval))
+            .map(|interval| {
+                crate::retention::spawn_cleaner(shared.clone(), writer.clone(), interval)
+            })
             .transpose()?;
         Ok(Storage {
             inner: Arc::new(Inner {
@@ -284,7 +284,12 @@ impl Storage {
         config.settings.validate()?;
         let name = config.name.clone();
         self.inner.writer.admin(move |shared, batch| {
-            if shared.topics.read().map_err(|_| poisoned())?.contains_key(&config.name) {
+            if shared
+                .topics
+                .read()
+                .map_err(|_| poisoned())?
+                .contains_key(&config.name)
+            {
                 return Err(Error::AlreadyExists(config.name));
             }
             let id = shared.next_topic_id.load(Ordering::Acquire);
@@ -298,7 +303,11 @@ impl Storage {
                 settings: config.settings.clone(),
             };
             batch.put_cf(shared.cf(CF_META)?, NEXT_TOPIC_ID_KEY, next.to_le_bytes());
-            batch.put_cf(shared.cf(CF_TOPICS)?, config.name.as_bytes(), encode_topic_meta(&meta)?);
+            batch.put_cf(
+                shared.cf(CF_TOPICS)?,
+                config.name.as_bytes(),
+                encode_topic_meta(&meta)?,
+            );
             for partition in 0..config.partitions {
                 batch.put_cf(
                     shared.cf(CF_PARTITIONS)?,
@@ -382,7 +391,11 @@ impl Storage {
         self.inner.writer.admin(move |shared, batch| {
             let mut meta = topic.meta();
             meta.settings = settings.clone();
-            batch.put_cf(shared.cf(CF_TOPICS)?, topic.name.as_bytes(), encode_topic_meta(&meta)?);
+            batch.put_cf(
+                shared.cf(CF_TOPICS)?,
+                topic.name.as_bytes(),
+                encode_topic_meta(&meta)?,
+            );
             Ok(Box::new(move |_: &Shared| {
                 if let Ok(mut current) = topic.settings.write() {
                     *current = settings;
@@ -502,7 +515,8 @@ fn open_db(path: &Path, options: &StorageOptions) -> Result<DB> {
     let mut db_options = Options::default();
     db_options.create_if_missing(true);
     db_options.create_missing_column_families(true);
-    db_options.increase_parallelism(std::thread::available_parallelism().map_or(2, |n| n.get() as i32));
+    db_options
+        .increase_parallelism(std::thread::available_parallelism().map_or(2, |n| n.get() as i32));
     db_options.set_max_background_jobs(4);
     db_options.set_bytes_per_sync(1024 * 1024);
     db_options.set_wal_bytes_per_sync(0);
@@ -538,19 +552,24 @@ fn load_catalog(shared: &Shared) -> Result<()> {
             .as_slice()
             .try_into()
             .map_err(|_| Error::Internal("malformed next topic id".to_string()))?;
-        shared.next_topic_id.store(u32::from_le_bytes(raw), Ordering::Release);
+        shared
+            .next_topic_id
+            .store(u32::from_le_bytes(raw), Ordering::Release);
     }
     let mut topics = shared.topics.write().map_err(|_| poisoned())?;
-    let iter = shared.db.iterator_cf(shared.cf(CF_TOPICS)?, rocksdb::IteratorMode::Start);
+    let iter = shared
+        .db
+        .iterator_cf(shared.cf(CF_TOPICS)?, rocksdb::IteratorMode::Start);
     for entry in iter {
         let (_, value) = entry?;
         let meta: TopicMeta = serde_json::from_slice(&value)
             .map_err(|e| Error::Internal(format!("malformed topic metadata: {e}")))?;
         let mut partition_metas = Vec::with_capacity(meta.partitions as usize);
         for partition in 0..meta.partitions {
-            let raw = shared
-                .db
-                .get_cf(shared.cf(CF_PARTITIONS)?, keys::partition_key(meta.id, partition))?;
+            let raw = shared.db.get_cf(
+                shared.cf(CF_PARTITIONS)?,
+                keys::partition_key(meta.id, partition),
+            )?;
             let partition_meta = match raw {
                 Some(raw) => PartitionMeta::decode(&raw).ok_or_else(|| {
                     Error::Internal(format!("malformed metadata of {}/{partition}", meta.name))

@@ -14,9 +14,9 @@
 //! share fsyncs instead of queueing behind each other's.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rocksdb::{WriteBatch, WriteOptions};
@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::keys;
 use crate::options::Durability;
 use crate::storage::{
-    put_partition_meta, PartitionMeta, PartitionState, Shared, TopicState, CF_LOG, CF_TIME_INDEX,
+    CF_LOG, CF_TIME_INDEX, PartitionMeta, PartitionState, Shared, TopicState, put_partition_meta,
 };
 
 /// Writes grouped into one RocksDB write stop growing past this size.
@@ -37,8 +37,7 @@ pub(crate) type Publish = Box<dyn FnOnce(&Shared) + Send>;
 
 /// Stages an admin change into a write batch; returns what to publish once
 /// the write succeeded.
-pub(crate) type AdminFn =
-    Box<dyn FnOnce(&Shared, &mut WriteBatch) -> Result<Publish> + Send>;
+pub(crate) type AdminFn = Box<dyn FnOnce(&Shared, &mut WriteBatch) -> Result<Publish> + Send>;
 
 /// Where the writer sends its answer: an async task or a blocked thread.
 pub(crate) enum Reply<T> {
@@ -81,7 +80,10 @@ pub(crate) struct WriteRequest {
 
 impl WriteRequest {
     fn bytes(&self) -> usize {
-        self.appends.iter().map(|a| a.batch.bytes.len()).sum::<usize>()
+        self.appends
+            .iter()
+            .map(|a| a.batch.bytes.len())
+            .sum::<usize>()
             + self
                 .state
                 .iter()
@@ -330,7 +332,11 @@ impl Writer {
             if append.batch.max_timestamp_ms > cursor.meta.max_timestamp_ms {
                 batch.put_cf(
                     time_index,
-                    keys::time_index_key(append.topic.id, append.partition, append.batch.max_timestamp_ms),
+                    keys::time_index_key(
+                        append.topic.id,
+                        append.partition,
+                        append.batch.max_timestamp_ms,
+                    ),
                     base_offset.to_le_bytes(),
                 );
                 cursor.meta.max_timestamp_ms = append.batch.max_timestamp_ms;
@@ -354,9 +360,19 @@ impl Writer {
         Ok(outcomes)
     }
 
-    fn finish_and_write(&self, mut batch: WriteBatch, cursors: &HashMap<(u32, u32), Cursor>) -> Result<()> {
+    fn finish_and_write(
+        &self,
+        mut batch: WriteBatch,
+        cursors: &HashMap<(u32, u32), Cursor>,
+    ) -> Result<()> {
         for cursor in cursors.values() {
-            put_partition_meta(&self.shared, &mut batch, cursor.topic.id, cursor.partition, &cursor.meta)?;
+            put_partition_meta(
+                &self.shared,
+                &mut batch,
+                cursor.topic.id,
+                cursor.partition,
+                &cursor.meta,
+            )?;
         }
         self.shared.db.write_opt(batch, &self.write_options)?;
         Ok(())
@@ -365,12 +381,16 @@ impl Writer {
     fn publish(&self, cursors: &HashMap<(u32, u32), Cursor>) {
         for cursor in cursors.values() {
             let state = &cursor.state;
-            state.size_bytes.store(cursor.meta.size_bytes, Ordering::Release);
+            state
+                .size_bytes
+                .store(cursor.meta.size_bytes, Ordering::Release);
             state
                 .max_timestamp_ms
                 .store(cursor.meta.max_timestamp_ms, Ordering::Release);
             // The end offset last: a reader that sees it sees the batch.
-            state.end_offset.store(cursor.meta.end_offset, Ordering::Release);
+            state
+                .end_offset
+                .store(cursor.meta.end_offset, Ordering::Release);
             state.appended.send_replace(cursor.meta.end_offset);
         }
     }

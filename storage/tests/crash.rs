@@ -22,7 +22,11 @@ const PARTITIONS: u32 = 3;
 const WRITERS: u32 = 3;
 
 fn value(run: u32, writer: u32, seq: u64, index: usize, count: usize) -> Vec<u8> {
-    format!("{run}-{writer}-{seq}-{index}-{count}-{}", "x".repeat(index % 17)).into_bytes()
+    format!(
+        "{run}-{writer}-{seq}-{index}-{count}-{}",
+        "x".repeat(index % 17)
+    )
+    .into_bytes()
 }
 
 fn open(dir: &str, durability: Durability) -> Storage {
@@ -38,7 +42,9 @@ fn child(dir: &str, run: u32, durability: Durability) {
     let storage = open(dir, durability);
     for topic in [TOPIC, MIRROR] {
         if !storage.topic_exists(topic) {
-            storage.create_topic(TopicConfig::new(topic, PARTITIONS)).expect("create topic");
+            storage
+                .create_topic(TopicConfig::new(topic, PARTITIONS))
+                .expect("create topic");
         }
     }
     println!("ready");
@@ -51,7 +57,10 @@ fn child(dir: &str, run: u32, durability: Durability) {
                 for seq in 0u64.. {
                     let count = rng.random_range(1..40usize);
                     let records: Vec<Record> = (0..count)
-                        .map(|i| Record::new(value(run, writer, seq, i, count)).with_timestamp(seq as i64))
+                        .map(|i| {
+                            Record::new(value(run, writer, seq, i, count))
+                                .with_timestamp(seq as i64)
+                        })
                         .collect();
                     let partition = (writer + seq as u32) % PARTITIONS;
                     let line = if writer == 0 {
@@ -59,12 +68,24 @@ fn child(dir: &str, run: u32, durability: Durability) {
                         let mut write = AtomicWrite::new();
                         write.append(TOPIC, partition, records.clone());
                         write.append(MIRROR, partition, records);
-                        write.put(StateSpace::Checkpoints, format!("run{run}").into_bytes(), seq.to_le_bytes().to_vec());
+                        write.put(
+                            StateSpace::Checkpoints,
+                            format!("run{run}").into_bytes(),
+                            seq.to_le_bytes().to_vec(),
+                        );
                         let outcomes = storage.commit_blocking(write).expect("commit");
-                        format!("ack {writer} {seq} {partition} {} {count}\n", outcomes[0].base_offset)
+                        format!(
+                            "ack {writer} {seq} {partition} {} {count}\n",
+                            outcomes[0].base_offset
+                        )
                     } else {
-                        let outcome = storage.append_blocking(TOPIC, partition, &records).expect("append");
-                        format!("ack {writer} {seq} {partition} {} {count}\n", outcome.base_offset)
+                        let outcome = storage
+                            .append_blocking(TOPIC, partition, &records)
+                            .expect("append");
+                        format!(
+                            "ack {writer} {seq} {partition} {} {count}\n",
+                            outcome.base_offset
+                        )
                     };
                     let mut out = std::io::stdout().lock();
                     out.write_all(line.as_bytes()).expect("write ack");
@@ -99,7 +120,9 @@ fn read_all(storage: &Storage, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>
     let mut offset = start;
     let mut records = Vec::new();
     while offset < end {
-        let fetch = storage.read(topic, partition, offset, ReadLimits::records(10_000)).expect("read");
+        let fetch = storage
+            .read(topic, partition, offset, ReadLimits::records(10_000))
+            .expect("read");
         for record in fetch.records().expect("decode") {
             records.push((record.offset, record.record.value));
         }
@@ -111,24 +134,42 @@ fn read_all(storage: &Storage, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>
 /// Every record belongs to a complete batch: runs of `run-writer-seq-i-n`
 /// with `i` going `0..n` at consecutive offsets. Returns the batches found
 /// as `(run, writer, seq) -> (base offset, count)`.
-fn check_complete_batches(records: &[(u64, Vec<u8>)], topic: &str, partition: u32) -> Vec<((u32, u32, u64), u64, usize)> {
+fn check_complete_batches(
+    records: &[(u64, Vec<u8>)],
+    topic: &str,
+    partition: u32,
+) -> Vec<((u32, u32, u64), u64, usize)> {
     let mut batches = Vec::new();
     let mut expected_offset = 0;
     let mut at = 0;
     while at < records.len() {
         let (offset, first) = &records[at];
-        assert_eq!(*offset, expected_offset, "offsets of {topic}/{partition} are not dense");
+        assert_eq!(
+            *offset, expected_offset,
+            "offsets of {topic}/{partition} are not dense"
+        );
         let text = String::from_utf8(first.clone()).expect("utf8 value");
         let fields: Vec<&str> = text.splitn(6, '-').collect();
         let run: u32 = fields[0].parse().expect("run");
         let writer: u32 = fields[1].parse().expect("writer");
         let seq: u64 = fields[2].parse().expect("seq");
         let count: usize = fields[4].parse().expect("count");
-        assert_eq!(fields[3], "0", "{topic}/{partition} offset {offset}: a batch starts mid-way");
-        assert!(at + count <= records.len(), "{topic}/{partition} offset {offset}: partial batch visible");
+        assert_eq!(
+            fields[3], "0",
+            "{topic}/{partition} offset {offset}: a batch starts mid-way"
+        );
+        assert!(
+            at + count <= records.len(),
+            "{topic}/{partition} offset {offset}: partial batch visible"
+        );
         for i in 0..count {
             assert_eq!(records[at + i].0, offset + i as u64);
-            assert_eq!(records[at + i].1, value(run, writer, seq, i, count), "{topic}/{partition} offset {}", offset + i as u64);
+            assert_eq!(
+                records[at + i].1,
+                value(run, writer, seq, i, count),
+                "{topic}/{partition} offset {}",
+                offset + i as u64
+            );
         }
         batches.push(((run, writer, seq), *offset, count));
         at += count;
@@ -156,7 +197,9 @@ fn parent() {
             .expect("spawn child");
         let mut stdout = BufReader::new(child.stdout.take().expect("child stdout"));
         let mut ready = String::new();
-        stdout.read_line(&mut ready).expect("read the child's first line");
+        stdout
+            .read_line(&mut ready)
+            .expect("read the child's first line");
         assert_eq!(ready.trim_end(), "ready", "the child did not start");
         let reader = std::thread::spawn(move || {
             // Only whole lines count: a line cut by the kill was never acknowledged.
@@ -203,20 +246,33 @@ fn parent() {
             let records = read_all(&storage, MIRROR, partition);
             for (id, _, count) in check_complete_batches(&records, MIRROR, partition) {
                 assert_eq!(id.1, 0, "only writer 0 writes the mirror");
-                let main = found.get(&id).expect("a mirrored batch is in the main topic too");
+                let main = found
+                    .get(&id)
+                    .expect("a mirrored batch is in the main topic too");
                 assert_eq!(main.2, count);
                 mirrored.insert(id);
             }
         }
         for id in found.keys().filter(|id| id.1 == 0) {
-            assert!(mirrored.contains(id), "batch {id:?} is in the main topic but not the mirror");
+            assert!(
+                mirrored.contains(id),
+                "batch {id:?} is in the main topic but not the mirror"
+            );
         }
         let checkpoint = storage
             .state_get(StateSpace::Checkpoints, format!("run{run}").as_bytes())
             .expect("checkpoint");
-        let last_seq = mirrored.iter().filter(|id| id.0 == run).map(|id| id.2).max();
-        let checkpoint_seq = checkpoint.map(|raw| u64::from_le_bytes(raw.try_into().expect("8 bytes")));
-        assert_eq!(checkpoint_seq, last_seq, "run {run}: checkpoint and committed batches disagree");
+        let last_seq = mirrored
+            .iter()
+            .filter(|id| id.0 == run)
+            .map(|id| id.2)
+            .max();
+        let checkpoint_seq =
+            checkpoint.map(|raw| u64::from_le_bytes(raw.try_into().expect("8 bytes")));
+        assert_eq!(
+            checkpoint_seq, last_seq,
+            "run {run}: checkpoint and committed batches disagree"
+        );
         storage.close().expect("close");
     }
     assert!(acknowledged > 0, "the children never acknowledged a write");

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use crate::batch::EncodedBatch;
 use crate::{
-    CleanupPolicy, Error, Record, ReadLimits, Storage, StorageOptions, TopicConfig, TopicSettings,
+    CleanupPolicy, Error, ReadLimits, Record, Storage, StorageOptions, TopicConfig, TopicSettings,
 };
 
 const TOPICS: usize = 4;
@@ -41,21 +41,52 @@ fn name(topic: usize) -> String {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { topic: usize, partitions: u32 },
-    Drop { topic: usize },
-    AddPartition { topic: usize },
-    Append { topic: usize, partition: u32, records: Vec<(Option<u8>, u8, i64)> },
-    Read { topic: usize, partition: u32, offset: u64, max_records: usize },
-    ReadByTime { topic: usize, partition: u32, timestamp_ms: i64 },
-    Commit { group: usize, topic: usize, partition: u32, offset: u64 },
-    Retention { now_ms: i64 },
+    Create {
+        topic: usize,
+        partitions: u32,
+    },
+    Drop {
+        topic: usize,
+    },
+    AddPartition {
+        topic: usize,
+    },
+    Append {
+        topic: usize,
+        partition: u32,
+        records: Vec<(Option<u8>, u8, i64)>,
+    },
+    Read {
+        topic: usize,
+        partition: u32,
+        offset: u64,
+        max_records: usize,
+    },
+    ReadByTime {
+        topic: usize,
+        partition: u32,
+        timestamp_ms: i64,
+    },
+    Commit {
+        group: usize,
+        topic: usize,
+        partition: u32,
+        offset: u64,
+    },
+    Retention {
+        now_ms: i64,
+    },
     Reopen,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let topic = 0..TOPICS;
     let partition = 0u32..4;
-    let record = (proptest::option::weighted(0.85, 0u8..6), 0u8..40, 0i64..10_000);
+    let record = (
+        proptest::option::weighted(0.85, 0u8..6),
+        0u8..40,
+        0i64..10_000,
+    );
     prop_oneof![
         2 => (topic.clone(), 1u32..4).prop_map(|(topic, partitions)| Op::Create { topic, partitions }),
         1 => topic.clone().prop_map(|topic| Op::Drop { topic }),
@@ -115,7 +146,7 @@ fn record(key: Option<u8>, value_len: u8, timestamp_ms: i64) -> Record {
     if let Some(key) = key {
         record = record.with_key(vec![b'k', key]);
     }
-    if value_len % 5 == 0 {
+    if value_len.is_multiple_of(5) {
         record = record.with_header("h", vec![value_len]);
     }
     record
@@ -136,10 +167,23 @@ fn check_all_topics(storage: &Storage, model: &Model) {
         assert_eq!(description.settings, settings(*topic));
         assert_eq!(description.partitions.len(), partitions.len());
         for (info, model) in description.partitions.iter().zip(partitions) {
-            assert_eq!(info.log_start_offset, model.log_start, "log start of t{topic}/{}", info.partition);
-            assert_eq!(info.end_offset, model.end, "end of t{topic}/{}", info.partition);
+            assert_eq!(
+                info.log_start_offset, model.log_start,
+                "log start of t{topic}/{}",
+                info.partition
+            );
+            assert_eq!(
+                info.end_offset, model.end,
+                "end of t{topic}/{}",
+                info.partition
+            );
             if settings(*topic).cleanup == CleanupPolicy::Delete {
-                assert_eq!(info.size_bytes, model.size(), "size of t{topic}/{}", info.partition);
+                assert_eq!(
+                    info.size_bytes,
+                    model.size(),
+                    "size of t{topic}/{}",
+                    info.partition
+                );
             }
         }
     }
@@ -153,12 +197,17 @@ fn run(ops: Vec<Op>) {
         let s = storage.as_ref().expect("storage is open");
         match op {
             Op::Create { topic, partitions } => {
-                let result = s.create_topic(TopicConfig::new(name(topic), partitions).with_settings(settings(topic)));
-                if model.topics.contains_key(&topic) {
-                    assert!(matches!(result, Err(Error::AlreadyExists(_))), "{result:?}");
-                } else {
-                    result.expect("create");
-                    model.topics.insert(topic, vec![ModelPartition::default(); partitions as usize]);
+                let result = s.create_topic(
+                    TopicConfig::new(name(topic), partitions).with_settings(settings(topic)),
+                );
+                match model.topics.entry(topic) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        assert!(matches!(result, Err(Error::AlreadyExists(_))), "{result:?}");
+                    }
+                    std::collections::btree_map::Entry::Vacant(entry) => {
+                        result.expect("create");
+                        entry.insert(vec![ModelPartition::default(); partitions as usize]);
+                    }
                 }
             }
             Op::Drop { topic } => {
@@ -181,18 +230,30 @@ fn run(ops: Vec<Op>) {
                     None => assert!(result.is_err()),
                 }
             }
-            Op::Append { topic, partition, records } => {
-                let records: Vec<Record> = records.into_iter().map(|(k, v, t)| record(k, v, t)).collect();
+            Op::Append {
+                topic,
+                partition,
+                records,
+            } => {
+                let records: Vec<Record> = records
+                    .into_iter()
+                    .map(|(k, v, t)| record(k, v, t))
+                    .collect();
                 let result = s.append_blocking(&name(topic), partition, &records);
                 let Some(partitions) = model.topics.get_mut(&topic) else {
                     assert!(matches!(result, Err(Error::NotFound { .. })), "{result:?}");
                     continue;
                 };
                 let Some(model_partition) = partitions.get_mut(partition as usize) else {
-                    assert!(matches!(result, Err(Error::NoSuchPartition { .. })), "{result:?}");
+                    assert!(
+                        matches!(result, Err(Error::NoSuchPartition { .. })),
+                        "{result:?}"
+                    );
                     continue;
                 };
-                if settings(topic).cleanup == CleanupPolicy::Compact && records.iter().any(|r| r.key.is_none()) {
+                if settings(topic).cleanup == CleanupPolicy::Compact
+                    && records.iter().any(|r| r.key.is_none())
+                {
                     assert!(matches!(result, Err(Error::InvalidInput(_))), "{result:?}");
                     continue;
                 }
@@ -204,19 +265,44 @@ fn run(ops: Vec<Op>) {
                     base,
                     span: records.len() as u64,
                     encoded_len: EncodedBatch::rows(&records).bytes.len() as u64,
-                    max_timestamp_ms: records.iter().map(|r| r.timestamp_ms).max().unwrap_or(i64::MIN),
-                    records: records.into_iter().enumerate().map(|(i, r)| (base + i as u64, r)).collect(),
+                    max_timestamp_ms: records
+                        .iter()
+                        .map(|r| r.timestamp_ms)
+                        .max()
+                        .unwrap_or(i64::MIN),
+                    records: records
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, r)| (base + i as u64, r))
+                        .collect(),
                 });
                 model_partition.end += outcome.record_count as u64;
             }
-            Op::Read { topic, partition, offset, max_records } => {
-                let result = s.read(&name(topic), partition, offset, ReadLimits::records(max_records));
-                let Some(p) = model.topics.get(&topic).and_then(|t| t.get(partition as usize)) else {
+            Op::Read {
+                topic,
+                partition,
+                offset,
+                max_records,
+            } => {
+                let result = s.read(
+                    &name(topic),
+                    partition,
+                    offset,
+                    ReadLimits::records(max_records),
+                );
+                let Some(p) = model
+                    .topics
+                    .get(&topic)
+                    .and_then(|t| t.get(partition as usize))
+                else {
                     assert!(result.is_err());
                     continue;
                 };
                 if offset < p.log_start || offset > p.end {
-                    assert!(matches!(result, Err(Error::OffsetOutOfRange { .. })), "{result:?}");
+                    assert!(
+                        matches!(result, Err(Error::OffsetOutOfRange { .. })),
+                        "{result:?}"
+                    );
                     continue;
                 }
                 let fetch = result.expect("read");
@@ -226,16 +312,28 @@ fn run(ops: Vec<Op>) {
                     .into_iter()
                     .map(|r| (r.offset, r.record))
                     .collect();
-                let want: Vec<(u64, Record)> = p.records_from(offset).take(max_records).cloned().collect();
+                let want: Vec<(u64, Record)> =
+                    p.records_from(offset).take(max_records).cloned().collect();
                 assert_eq!(got, want, "read t{topic}/{partition} from {offset}");
                 assert_eq!(fetch.end_offset, p.end);
                 if want.len() < max_records {
-                    assert_eq!(fetch.next_offset, p.end, "a read to the end resumes at the end");
+                    assert_eq!(
+                        fetch.next_offset, p.end,
+                        "a read to the end resumes at the end"
+                    );
                 }
             }
-            Op::ReadByTime { topic, partition, timestamp_ms } => {
+            Op::ReadByTime {
+                topic,
+                partition,
+                timestamp_ms,
+            } => {
                 let result = s.offset_for_timestamp(&name(topic), partition, timestamp_ms);
-                let Some(p) = model.topics.get(&topic).and_then(|t| t.get(partition as usize)) else {
+                let Some(p) = model
+                    .topics
+                    .get(&topic)
+                    .and_then(|t| t.get(partition as usize))
+                else {
                     assert!(result.is_err());
                     continue;
                 };
@@ -243,27 +341,50 @@ fn run(ops: Vec<Op>) {
                     .records_from(p.log_start)
                     .find(|(_, r)| r.timestamp_ms >= timestamp_ms)
                     .map(|(o, _)| *o);
-                assert_eq!(result.expect("lookup"), want, "t{topic}/{partition} at {timestamp_ms}");
+                assert_eq!(
+                    result.expect("lookup"),
+                    want,
+                    "t{topic}/{partition} at {timestamp_ms}"
+                );
             }
-            Op::Commit { group, topic, partition, offset } => {
+            Op::Commit {
+                group,
+                topic,
+                partition,
+                offset,
+            } => {
                 let group_name = format!("g{group}");
                 let result = s.commit_offset(&group_name, &name(topic), partition, offset);
-                let Some(p) = model.topics.get(&topic).and_then(|t| t.get(partition as usize)) else {
+                let Some(p) = model
+                    .topics
+                    .get(&topic)
+                    .and_then(|t| t.get(partition as usize))
+                else {
                     assert!(result.is_err());
                     continue;
                 };
                 if offset > p.end {
-                    assert!(matches!(result, Err(Error::OffsetOutOfRange { .. })), "{result:?}");
+                    assert!(
+                        matches!(result, Err(Error::OffsetOutOfRange { .. })),
+                        "{result:?}"
+                    );
                 } else {
                     result.expect("commit");
-                    model.committed.entry((group, topic)).or_default().insert(partition, offset);
+                    model
+                        .committed
+                        .entry((group, topic))
+                        .or_default()
+                        .insert(partition, offset);
                 }
                 let lag = s.group_lag(&group_name, &name(topic)).expect("lag");
                 let committed = model.committed.get(&(group, topic));
                 for (entry, p) in lag.iter().zip(&model.topics[&topic]) {
                     let want = committed.and_then(|c| c.get(&entry.partition)).copied();
                     assert_eq!(entry.committed_offset, want);
-                    assert_eq!(entry.lag, p.end - want.unwrap_or(p.log_start).max(p.log_start));
+                    assert_eq!(
+                        entry.lag,
+                        p.end - want.unwrap_or(p.log_start).max(p.log_start)
+                    );
                 }
             }
             Op::Retention { now_ms } => {
@@ -324,7 +445,10 @@ fn apply_compact(p: &mut ModelPartition) {
     }
     for batch in &mut p.batches {
         batch.records.retain(|(offset, record)| {
-            record.key.as_ref().is_none_or(|k| latest.get(k) == Some(offset))
+            record
+                .key
+                .as_ref()
+                .is_none_or(|k| latest.get(k) == Some(offset))
         });
     }
     p.batches.retain(|b| !b.records.is_empty());
@@ -351,31 +475,115 @@ fn model_catches_a_reopen_after_every_kind_of_write() {
     // A fixed sequence that exercises each path once, so a regression shows
     // up even when the random cases happen to miss it.
     run(vec![
-        Op::Create { topic: 0, partitions: 2 },
-        Op::Create { topic: 1, partitions: 1 },
-        Op::Create { topic: 2, partitions: 1 },
-        Op::Create { topic: 3, partitions: 1 },
-        Op::Append { topic: 0, partition: 1, records: vec![(Some(1), 3, 5), (None, 0, 2)] },
-        Op::Append { topic: 1, partition: 0, records: vec![(None, 3, 100)] },
-        Op::Append { topic: 1, partition: 0, records: vec![(None, 3, 5_000)] },
-        Op::Append { topic: 2, partition: 0, records: vec![(None, 39, 1); 5] },
-        Op::Append { topic: 2, partition: 0, records: vec![(None, 39, 2); 5] },
-        Op::Append { topic: 2, partition: 0, records: vec![(None, 39, 3); 5] },
-        Op::Append { topic: 3, partition: 0, records: vec![(Some(1), 1, 1), (Some(2), 1, 2)] },
-        Op::Append { topic: 3, partition: 0, records: vec![(Some(1), 2, 3)] },
-        Op::Append { topic: 3, partition: 0, records: vec![(None, 2, 3)] },
-        Op::Commit { group: 0, topic: 0, partition: 1, offset: 1 },
+        Op::Create {
+            topic: 0,
+            partitions: 2,
+        },
+        Op::Create {
+            topic: 1,
+            partitions: 1,
+        },
+        Op::Create {
+            topic: 2,
+            partitions: 1,
+        },
+        Op::Create {
+            topic: 3,
+            partitions: 1,
+        },
+        Op::Append {
+            topic: 0,
+            partition: 1,
+            records: vec![(Some(1), 3, 5), (None, 0, 2)],
+        },
+        Op::Append {
+            topic: 1,
+            partition: 0,
+            records: vec![(None, 3, 100)],
+        },
+        Op::Append {
+            topic: 1,
+            partition: 0,
+            records: vec![(None, 3, 5_000)],
+        },
+        Op::Append {
+            topic: 2,
+            partition: 0,
+            records: vec![(None, 39, 1); 5],
+        },
+        Op::Append {
+            topic: 2,
+            partition: 0,
+            records: vec![(None, 39, 2); 5],
+        },
+        Op::Append {
+            topic: 2,
+            partition: 0,
+            records: vec![(None, 39, 3); 5],
+        },
+        Op::Append {
+            topic: 3,
+            partition: 0,
+            records: vec![(Some(1), 1, 1), (Some(2), 1, 2)],
+        },
+        Op::Append {
+            topic: 3,
+            partition: 0,
+            records: vec![(Some(1), 2, 3)],
+        },
+        Op::Append {
+            topic: 3,
+            partition: 0,
+            records: vec![(None, 2, 3)],
+        },
+        Op::Commit {
+            group: 0,
+            topic: 0,
+            partition: 1,
+            offset: 1,
+        },
         Op::Retention { now_ms: 2_000 },
-        Op::Read { topic: 1, partition: 0, offset: 1, max_records: 10 },
-        Op::Read { topic: 3, partition: 0, offset: 0, max_records: 10 },
-        Op::ReadByTime { topic: 3, partition: 0, timestamp_ms: 0 },
-        Op::ReadByTime { topic: 1, partition: 0, timestamp_ms: 0 },
+        Op::Read {
+            topic: 1,
+            partition: 0,
+            offset: 1,
+            max_records: 10,
+        },
+        Op::Read {
+            topic: 3,
+            partition: 0,
+            offset: 0,
+            max_records: 10,
+        },
+        Op::ReadByTime {
+            topic: 3,
+            partition: 0,
+            timestamp_ms: 0,
+        },
+        Op::ReadByTime {
+            topic: 1,
+            partition: 0,
+            timestamp_ms: 0,
+        },
         Op::Reopen,
-        Op::Read { topic: 2, partition: 0, offset: 5, max_records: 3 },
+        Op::Read {
+            topic: 2,
+            partition: 0,
+            offset: 5,
+            max_records: 3,
+        },
         Op::AddPartition { topic: 0 },
         Op::Drop { topic: 0 },
         Op::Reopen,
-        Op::Create { topic: 0, partitions: 1 },
-        Op::Read { topic: 0, partition: 0, offset: 0, max_records: 3 },
+        Op::Create {
+            topic: 0,
+            partitions: 1,
+        },
+        Op::Read {
+            topic: 0,
+            partition: 0,
+            offset: 0,
+            max_records: 3,
+        },
     ]);
 }
