@@ -70,7 +70,9 @@ pub fn run_ingest(dir: &Path, options: &IngestBenchOptions) -> Result<IngestBenc
     let template: Vec<Record> = (0..options.batch)
         .map(|i| Record::new(value.clone()).with_timestamp(1_700_000_000_000 + i as i64))
         .collect();
-    let encoded_len = EncodedBatch::rows(&template).bytes.len();
+    // The baseline writes exactly the bytes Sluice stores for a full batch.
+    let payload = EncodedBatch::rows(&template).bytes;
+    let encoded_len = payload.len();
 
     let storage_options = StorageOptions::default()
         .with_durability(options.durability)
@@ -92,7 +94,6 @@ pub fn run_ingest(dir: &Path, options: &IngestBenchOptions) -> Result<IngestBenc
     let db = &baseline.inner.shared.db;
     let log = baseline.inner.shared.cf(CF_LOG)?;
     let sync = options.durability == Durability::Fsync;
-    let payload = vec![7u8; encoded_len];
     let sequence = std::sync::atomic::AtomicU64::new(0);
     let baseline_elapsed = run_writers(options, |_, partition, count| {
         let seq = sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

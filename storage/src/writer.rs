@@ -1,22 +1,24 @@
-//! The writer thread: the one place that assigns offsets and writes to
+//! The write path: the one place that assigns offsets and writes to
 //! RocksDB.
 //!
-//! Callers encode their batches on their own threads and send them here.
-//! The writer drains everything queued, stages it into one `WriteBatch`
-//! (batches, time index entries, partition metadata, state entries), writes
-//! it with one fsync under `Durability::Fsync` — group commit — and only
-//! then publishes the new end offsets and answers the callers. A request is
-//! validated before any of it is staged, so a bad request fails alone and
-//! nothing of it is written.
+//! Callers encode their batches on their own threads and queue them. Whoever
+//! holds the writer lock — a blocking caller, or the writer thread on behalf
+//! of async callers — drains everything queued, stages it into one
+//! `WriteBatch` (batches, time index entries, partition metadata, state
+//! entries), writes it with one fsync under `Durability::Fsync` (group
+//! commit), and only then publishes the new end offsets and answers the
+//! callers. A request is validated before any of it is staged, so a bad
+//! request fails alone and nothing of it is written.
 //!
-//! One thread rather than a lock per partition: offsets are assigned in WAL
-//! order without holding a lock across the fsync, and concurrent writers
-//! share fsyncs instead of queueing behind each other's.
+//! This is flat combining, as RocksDB's own write thread does it: an
+//! uncontended blocking caller writes on its own thread with no hand-off,
+//! while concurrent callers share one write and one fsync. Offsets are
+//! assigned in WAL order without a lock held by anyone but the combiner.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
 
 use rocksdb::{WriteBatch, WriteOptions};
@@ -119,65 +121,193 @@ pub struct AppendOutcome {
     pub record_count: u32,
 }
 
-/// The sending side of the writer's queue.
-#[derive(Clone, Debug)]
+/// The queue of writes and the lock whose holder performs them.
+#[derive(Clone)]
 pub(crate) struct WriterHandle {
-    tx: Sender<WriterCommand>,
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for WriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterHandle").finish_non_exhaustive()
+    }
+}
+
+struct Core {
+    queue: Mutex<Queue>,
+    writer: Mutex<Writer>,
+    /// Wakes the writer thread to combine on behalf of async callers.
+    kick: Mutex<Sender<()>>,
+}
+
+struct Queue {
+    commands: VecDeque<WriterCommand>,
+    closed: bool,
 }
 
 impl WriterHandle {
-    pub(crate) fn send(&self, command: WriterCommand) -> bool {
-        self.tx.send(command).is_ok()
+    /// Queues a command; fails once the writer is shut down.
+    fn push(&self, command: WriterCommand) -> Result<()> {
+        let mut queue = self.core.queue.lock().map_err(|_| Error::Closed)?;
+        if queue.closed {
+            return Err(Error::Closed);
+        }
+        queue.commands.push_back(command);
+        Ok(())
     }
 
-    /// Runs an admin change on the writer thread and waits for it.
+    /// Has the writer thread combine, for callers that must not block.
+    fn kick(&self) {
+        if let Ok(kick) = self.core.kick.lock() {
+            let _ = kick.send(());
+        }
+    }
+
+    /// Queues a command; `Shutdown` closes the queue. Returns false when
+    /// the writer is already shut down.
+    pub(crate) fn send(&self, command: WriterCommand) -> bool {
+        if let WriterCommand::Shutdown = command {
+            if let Ok(mut queue) = self.core.queue.lock() {
+                queue.closed = true;
+            }
+            self.kick();
+            return true;
+        }
+        let queued = self.push(command).is_ok();
+        self.kick();
+        queued
+    }
+
+    /// Runs an admin change through the writer and waits for it.
     pub(crate) fn admin(
         &self,
         op: impl FnOnce(&Shared, &mut WriteBatch) -> Result<Publish> + Send + 'static,
     ) -> Result<()> {
         let (tx, rx) = mpsc::sync_channel(1);
-        if !self.send(WriterCommand::Admin {
+        self.push(WriterCommand::Admin {
             op: Box::new(op),
             reply: Reply::Blocking(tx),
-        }) {
-            return Err(Error::Closed);
-        }
+        })?;
+        self.core.combine();
         rx.recv().map_err(|_| Error::Closed)?
     }
 
-    /// Queues a write; the answer arrives on the returned receiver.
+    /// Queues a write for the writer thread; the answer arrives on the
+    /// returned receiver.
     pub(crate) fn write_async(
         &self,
         request: WriteRequest,
     ) -> tokio::sync::oneshot::Receiver<Result<Vec<AppendOutcome>>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // If the writer is gone, `tx` is dropped and the receiver reports it.
-        self.send(WriterCommand::Write {
+        // If the writer is gone, the command (and `tx`) is dropped and the
+        // receiver reports it.
+        let _ = self.push(WriterCommand::Write {
             request,
             reply: Reply::Async(tx),
         });
+        self.kick();
         rx
     }
 
-    /// Queues a write and blocks until it is durable.
+    /// Queues a write, performs it (with whatever else is queued) unless
+    /// another thread is already writing, and blocks until it is durable.
     pub(crate) fn write_blocking(&self, request: WriteRequest) -> Result<Vec<AppendOutcome>> {
         let (tx, rx) = mpsc::sync_channel(1);
-        if !self.send(WriterCommand::Write {
+        self.push(WriterCommand::Write {
             request,
             reply: Reply::Blocking(tx),
-        }) {
-            return Err(Error::Closed);
-        }
+        })?;
+        self.core.combine();
         rx.recv().map_err(|_| Error::Closed)?
     }
 }
 
+impl Core {
+    /// Performs queued commands while this thread holds the writer lock.
+    /// If another thread holds it, returns at once: that thread looks at
+    /// the queue again after it lets go, so nothing queued is stranded.
+    fn combine(&self) {
+        loop {
+            {
+                let writer = match self.writer.try_lock() {
+                    Ok(writer) => writer,
+                    Err(TryLockError::WouldBlock) => return,
+                    Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                };
+                while let Some(work) = self.next_work() {
+                    match work {
+                        Work::Admin { op, reply } => reply.send(writer.run_admin(op)),
+                        Work::Writes(group) => writer.commit_group(group),
+                    }
+                }
+            }
+            let empty = self.queue.lock().map(|q| q.commands.is_empty()).unwrap_or(true);
+            if empty {
+                return;
+            }
+        }
+    }
+
+    /// The next admin command, or every write queued before the next admin
+    /// command (up to a size limit).
+    fn next_work(&self) -> Option<Work> {
+        let mut queue = self.queue.lock().ok()?;
+        let mut group = Vec::new();
+        let mut bytes = 0usize;
+        while bytes < MAX_GROUP_BYTES {
+            match queue.commands.pop_front() {
+                Some(WriterCommand::Write { request, reply }) => {
+                    bytes += request.bytes();
+                    group.push((request, reply));
+                }
+                Some(WriterCommand::Admin { op, reply }) => {
+                    if group.is_empty() {
+                        return Some(Work::Admin { op, reply });
+                    }
+                    queue.commands.push_front(WriterCommand::Admin { op, reply });
+                    break;
+                }
+                Some(WriterCommand::Shutdown) => {}
+                None => break,
+            }
+        }
+        (!group.is_empty()).then_some(Work::Writes(group))
+    }
+}
+
+enum Work {
+    Admin { op: AdminFn, reply: Reply<()> },
+    Writes(Vec<(WriteRequest, Reply<Vec<AppendOutcome>>)>),
+}
+
+/// Starts the writer thread, which combines on behalf of async callers.
 pub(crate) fn spawn(shared: Arc<Shared>) -> Result<(WriterHandle, JoinHandle<()>)> {
-    let (tx, rx) = mpsc::channel();
+    let (kick, kicked) = mpsc::channel();
+    let core = Arc::new(Core {
+        queue: Mutex::new(Queue {
+            commands: VecDeque::new(),
+            closed: false,
+        }),
+        writer: Mutex::new(Writer::new(shared)),
+        kick: Mutex::new(kick),
+    });
+    let thread_core = core.clone();
     let thread = std::thread::Builder::new()
         .name("sluice-writer".to_string())
-        .spawn(move || Writer::new(shared).run(rx))?;
-    Ok((WriterHandle { tx }, thread))
+        .spawn(move || run_writer_thread(&thread_core, &kicked))?;
+    Ok((WriterHandle { core }, thread))
+}
+
+fn run_writer_thread(core: &Core, kicked: &Receiver<()>) {
+    while kicked.recv().is_ok() {
+        core.combine();
+        let closed = core.queue.lock().map(|q| q.closed).unwrap_or(true);
+        if closed {
+            // Everything queued before the close has been written.
+            core.combine();
+            return;
+        }
+    }
 }
 
 struct Writer {
@@ -200,41 +330,6 @@ impl Writer {
         Writer {
             shared,
             write_options,
-        }
-    }
-
-    fn run(self, rx: Receiver<WriterCommand>) {
-        let mut next: Option<WriterCommand> = None;
-        loop {
-            let command = match next.take() {
-                Some(command) => command,
-                None => match rx.recv() {
-                    Ok(command) => command,
-                    Err(_) => return,
-                },
-            };
-            match command {
-                WriterCommand::Shutdown => return,
-                WriterCommand::Admin { op, reply } => reply.send(self.run_admin(op)),
-                WriterCommand::Write { request, reply } => {
-                    let mut bytes = request.bytes();
-                    let mut group = vec![(request, reply)];
-                    while bytes < MAX_GROUP_BYTES {
-                        match rx.try_recv() {
-                            Ok(WriterCommand::Write { request, reply }) => {
-                                bytes += request.bytes();
-                                group.push((request, reply));
-                            }
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                        }
-                    }
-                    self.commit_group(group);
-                }
-            }
         }
     }
 
