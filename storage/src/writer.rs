@@ -241,7 +241,11 @@ impl Core {
                     }
                 }
             }
-            let empty = self.queue.lock().map(|q| q.commands.is_empty()).unwrap_or(true);
+            let empty = self
+                .queue
+                .lock()
+                .map(|q| q.commands.is_empty())
+                .unwrap_or(true);
             if empty {
                 return;
             }
@@ -264,7 +268,9 @@ impl Core {
                     if group.is_empty() {
                         return Some(Work::Admin { op, reply });
                     }
-                    queue.commands.push_front(WriterCommand::Admin { op, reply });
+                    queue
+                        .commands
+                        .push_front(WriterCommand::Admin { op, reply });
                     break;
                 }
                 Some(WriterCommand::Shutdown) => {}
