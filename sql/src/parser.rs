@@ -33,7 +33,7 @@ pub enum Statement {
     /// `DROP TOPIC [IF EXISTS] name`
     DropTopic { name: String, if_exists: bool },
     /// `CREATE STREAM [IF NOT EXISTS] name [(columns, WATERMARK ...)] [WITH (...)] [AS query]`
-    CreateStream(CreateStream),
+    CreateStream(Box<CreateStream>),
     /// `DROP STREAM [IF EXISTS] name`
     DropStream { name: String, if_exists: bool },
     /// `SHOW TOPICS`, `SHOW STREAMS`, `SHOW QUERIES`
@@ -392,13 +392,12 @@ fn parse_statement(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
             }
         }
         ("INSERT", _) => parse_insert(&dialect, tokens, start),
-        ("SELECT" | "WITH" | "VALUES", _) | ("", _)
-            if first != "" || tokens[sig[0]].token == Token::LParen =>
-        {
-            Ok(Statement::Query(parse_streaming_query(
-                &dialect, tokens, start,
-            )?))
-        }
+        ("SELECT" | "WITH" | "VALUES", _) => Ok(Statement::Query(parse_streaming_query(
+            &dialect, tokens, start,
+        )?)),
+        ("", _) if tokens[sig[0]].token == Token::LParen => Ok(Statement::Query(
+            parse_streaming_query(&dialect, tokens, start)?,
+        )),
         _ => Err(Error::Unsupported(format!(
             "unsupported statement starting with {}: Sluice runs CREATE/DROP TOPIC, CREATE/DROP STREAM, \
              SHOW TOPICS|STREAMS|QUERIES, DESCRIBE, EXPLAIN, STOP QUERY, INSERT INTO and SELECT",
@@ -575,14 +574,14 @@ fn parse_create_stream(
             "CREATE STREAM {name} needs columns, like CREATE STREAM {name} (id BIGINT, ...), or AS SELECT ..."
         )));
     }
-    Ok(Statement::CreateStream(CreateStream {
+    Ok(Statement::CreateStream(Box::new(CreateStream {
         name,
         if_not_exists,
         columns,
         watermark,
         options,
         query,
-    }))
+    })))
 }
 
 fn parse_insert(

@@ -220,13 +220,7 @@ impl Storage {
         records: &[Record],
     ) -> Result<AppendOutcome> {
         let request = self.append_request(topic, partition, records)?;
-        single(
-            self.inner
-                .writer
-                .write_async(request)
-                .await
-                .map_err(|_| Error::Closed)??,
-        )
+        single(self.inner.writer.write(request).await?)
     }
 
     /// [`Storage::append`] for blocking callers.
@@ -248,10 +242,7 @@ impl Storage {
     ) -> Result<WriteRequest> {
         let shared = &self.inner.shared;
         let append = shared.pending(topic, partition, |t| shared.encode_rows(t, records))?;
-        Ok(WriteRequest {
-            appends: vec![append],
-            state: Vec::new(),
-        })
+        Ok(WriteRequest::append(append))
     }
 
     /// Appends one columnar batch: `timestamps[i]` is the timestamp of row
@@ -267,17 +258,8 @@ impl Storage {
         let append = shared.pending(topic, partition, |t| {
             shared.encode_columnar(t, timestamps, ipc)
         })?;
-        let request = WriteRequest {
-            appends: vec![append],
-            state: Vec::new(),
-        };
-        single(
-            self.inner
-                .writer
-                .write_async(request)
-                .await
-                .map_err(|_| Error::Closed)??,
-        )
+        let request = WriteRequest::append(append);
+        single(self.inner.writer.write(request).await?)
     }
 
     /// Produces records to a topic: each goes to its explicit partition,
@@ -290,12 +272,7 @@ impl Storage {
         records: Vec<ProduceRecord>,
     ) -> Result<Vec<RecordPosition>> {
         let (request, placement) = self.produce_request(topic, records)?;
-        let outcomes = self
-            .inner
-            .writer
-            .write_async(request)
-            .await
-            .map_err(|_| Error::Closed)??;
+        let outcomes = self.inner.writer.write(request).await?;
         Ok(positions(&outcomes, &placement))
     }
 
@@ -370,11 +347,7 @@ impl Storage {
     /// one outcome per append, in order.
     pub async fn commit(&self, write: AtomicWrite) -> Result<Vec<AppendOutcome>> {
         let request = self.commit_request(write)?;
-        self.inner
-            .writer
-            .write_async(request)
-            .await
-            .map_err(|_| Error::Closed)?
+        self.inner.writer.write(request).await
     }
 
     /// [`Storage::commit`] for blocking callers.

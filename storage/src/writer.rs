@@ -81,6 +81,14 @@ pub(crate) struct WriteRequest {
 }
 
 impl WriteRequest {
+    /// A request of one append.
+    pub(crate) fn append(append: PendingAppend) -> Self {
+        WriteRequest {
+            appends: vec![append],
+            state: Vec::new(),
+        }
+    }
+
     fn bytes(&self) -> usize {
         self.appends
             .iter()
@@ -207,6 +215,12 @@ impl WriterHandle {
         });
         self.kick();
         rx
+    }
+
+    /// Queues a write for the writer thread and waits for it, without
+    /// blocking the async runtime.
+    pub(crate) async fn write(&self, request: WriteRequest) -> Result<Vec<AppendOutcome>> {
+        self.write_async(request).await.map_err(|_| Error::Closed)?
     }
 
     /// Queues a write, performs it (with whatever else is queued) unless
