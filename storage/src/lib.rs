@@ -4,7 +4,7 @@
 //! A topic has partitions; a partition is a sequence of records with dense
 //! offsets from 0. Appends are stored one RocksDB value per batch, keyed by
 //! `(topic, partition, base offset)`, so appends and scans cost one RocksDB
-//! operation per batch. One writer thread assigns offsets and groups
+//! operation per batch. One write path assigns offsets and groups
 //! concurrent appends into one write and one fsync. The same RocksDB
 //! instance holds the catalog and query checkpoints, so one atomic write
 //! can carry output records, source offsets and operator state together.

@@ -2,7 +2,7 @@
 //!
 //! The cleaner reads from RocksDB on its own thread and decides what to
 //! remove; only the final, small change (a range delete and new partition
-//! metadata, or a rewritten batch) goes through the writer thread. So
+//! metadata, or a rewritten batch) goes through the write path. So
 //! appends never wait for a scan, and the writer re-checks each change
 //! against the partition as it is then.
 //!

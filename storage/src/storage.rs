@@ -1,7 +1,7 @@
 //! [`Storage`]: the handle to the log and the state store, and the
 //! in-memory registry of topics and partitions.
 //!
-//! Every mutation goes through one writer thread (see `writer.rs`), which
+//! Every mutation goes through the write path (see `writer.rs`), which
 //! assigns offsets and groups concurrent writes into one RocksDB write (and
 //! one fsync). Reads go straight to RocksDB from the caller's thread; they
 //! see only offsets below a partition's published end offset, which the
@@ -52,7 +52,7 @@ const ALL_CFS: [&str; 8] = [
 /// RocksDB instance. Cheap to clone; the storage closes when the last
 /// handle is dropped or [`Storage::close`] is called.
 ///
-/// Methods without `async` block on RocksDB or on the writer thread: call
+/// Methods without `async` block on RocksDB or on the write path: call
 /// them from a blocking context (`tokio::task::spawn_blocking`), not from
 /// an async task that serves requests.
 #[derive(Clone, Debug)]
@@ -69,7 +69,7 @@ pub(crate) struct Inner {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// What the writer thread, the cleaner and readers share.
+/// What the write path, the cleaner and readers share.
 pub(crate) struct Shared {
     pub(crate) db: DB,
     pub(crate) options: StorageOptions,
@@ -88,7 +88,7 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// A topic in memory. Only the writer thread changes it.
+/// A topic in memory. Only the holder of the writer lock changes it.
 #[derive(Debug)]
 pub(crate) struct TopicState {
     pub(crate) id: u32,
