@@ -308,6 +308,30 @@ fn significant(tokens: &[TokenWithSpan]) -> Vec<usize> {
         .collect()
 }
 
+/// The index of the first token outside parentheses for which `is_it(token,
+/// next significant token)` holds.
+fn find_top_level(
+    tokens: &[TokenWithSpan],
+    is_it: impl Fn(&Token, Option<&Token>) -> bool,
+) -> Option<usize> {
+    let sig = significant(tokens);
+    let mut depth = 0i32;
+    for (n, &i) in sig.iter().enumerate() {
+        match &tokens[i].token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            token if depth == 0 => {
+                let next = sig.get(n + 1).map(|j| &tokens[*j].token);
+                if is_it(token, next) {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 fn parse_statement(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
     let tokens = rewrite_flink_windows(tokens);
     let sig = significant(&tokens);
@@ -500,20 +524,10 @@ fn parse_create_stream(
     start: Location,
 ) -> Result<Statement> {
     // Split off `AS <query>` at the top level first: the query has its own grammar.
-    let sig = significant(&tokens);
-    let mut depth = 0i32;
-    let mut as_at = None;
-    for &i in &sig {
-        match &tokens[i].token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth -= 1,
-            Token::Word(w) if depth == 0 && w.keyword == Keyword::AS && w.quote_style.is_none() => {
-                as_at = Some(i);
-                break;
-            }
-            _ => {}
-        }
-    }
+    let as_at = find_top_level(
+        &tokens,
+        |token, _| matches!(token, Token::Word(w) if w.keyword == Keyword::AS && w.quote_style.is_none()),
+    );
     let (head, query_tokens) = match as_at {
         Some(i) => {
             let mut head = tokens;
@@ -667,26 +681,13 @@ fn parse_streaming_query(
     tokens: Vec<TokenWithSpan>,
     start: Location,
 ) -> Result<StreamingQuery> {
-    let mut depth = 0i32;
-    let mut emit_at = None;
-    let sig = significant(&tokens);
-    for (n, &i) in sig.iter().enumerate() {
-        match &tokens[i].token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth -= 1,
-            token if depth == 0 && word(token).as_deref() == Some("EMIT") => {
-                let next = sig.get(n + 1).and_then(|j| word(&tokens[*j].token));
-                if matches!(
-                    next.as_deref(),
-                    Some("ON" | "FINAL" | "CHANGES" | "COMPLETE")
-                ) {
-                    emit_at = Some(i);
-                    break;
-                }
-            }
-            _ => {}
-        }
-    }
+    let emit_at = find_top_level(&tokens, |token, next| {
+        word(token).as_deref() == Some("EMIT")
+            && matches!(
+                next.and_then(word).as_deref(),
+                Some("ON" | "FINAL" | "CHANGES" | "COMPLETE")
+            )
+    });
     let (query_tokens, emit_tokens) = match emit_at {
         Some(i) => {
             let mut query = tokens;

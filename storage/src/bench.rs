@@ -4,7 +4,6 @@
 //! plus the rate of a sequential read of one partition.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocksdb::{WriteBatch, WriteOptions};
@@ -79,7 +78,6 @@ pub fn run_ingest(dir: &Path, options: &IngestBenchOptions) -> Result<IngestBenc
         .with_retention_check_interval(None);
     let storage = Storage::open(dir.join("sluice"), storage_options.clone())?;
     storage.create_topic(TopicConfig::new("bench", options.partitions))?;
-    let template = Arc::new(template);
     let elapsed = run_writers(options, |_writer, partition, count| {
         let records = &template[..count];
         storage

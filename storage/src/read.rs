@@ -322,8 +322,8 @@ impl Storage {
         let topic = shared.topic(topic)?;
         let state = shared.partition(&topic, partition)?;
         let mut receiver = state.appended.subscribe();
-        let waited = tokio::time::timeout(timeout, receiver.wait_for(|end| *end > offset)).await;
-        drop(waited);
+        // A timeout is an answer too: the caller reads the end offset.
+        let _ = tokio::time::timeout(timeout, receiver.wait_for(|end| *end > offset)).await;
         Ok(state.end_offset.load(Ordering::Acquire))
     }
 

@@ -25,7 +25,7 @@ use crate::topic::{
     PartitionInfo, TopicConfig, TopicDescription, TopicMeta, TopicSettings,
     validate_partition_count, validate_topic_name,
 };
-use crate::writer::{self, WriterCommand, WriterHandle};
+use crate::writer::{self, WriterHandle};
 
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_TIME_INDEX: &str = "time_index";
@@ -472,7 +472,7 @@ impl Inner {
         {
             cleaner.stop();
         }
-        self.writer.send(WriterCommand::Shutdown);
+        self.writer.shutdown();
         if let Ok(mut thread) = self.writer_thread.lock()
             && let Some(thread) = thread.take()
         {

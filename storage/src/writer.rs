@@ -70,7 +70,6 @@ pub(crate) enum WriterCommand {
         op: AdminFn,
         reply: Reply<()>,
     },
-    Shutdown,
 }
 
 /// Appends and state changes that must land together or not at all.
@@ -171,19 +170,13 @@ impl WriterHandle {
         }
     }
 
-    /// Queues a command; `Shutdown` closes the queue. Returns false when
-    /// the writer is already shut down.
-    pub(crate) fn send(&self, command: WriterCommand) -> bool {
-        if let WriterCommand::Shutdown = command {
-            if let Ok(mut queue) = self.core.queue.lock() {
-                queue.closed = true;
-            }
-            self.kick();
-            return true;
+    /// Closes the queue: later writes fail with `Error::Closed`; the writer
+    /// thread writes what was queued before, then exits.
+    pub(crate) fn shutdown(&self) {
+        if let Ok(mut queue) = self.core.queue.lock() {
+            queue.closed = true;
         }
-        let queued = self.push(command).is_ok();
         self.kick();
-        queued
     }
 
     /// Runs an admin change through the writer and waits for it.
@@ -287,7 +280,6 @@ impl Core {
                         .push_front(WriterCommand::Admin { op, reply });
                     break;
                 }
-                Some(WriterCommand::Shutdown) => {}
                 None => break,
             }
         }
