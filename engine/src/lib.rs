@@ -1,9 +1,33 @@
-//! `sluice-engine`: the continuous query runtime and the public library API
-//! (`Engine`, `Producer`, `QueryHandle`).
+//! `sluice-engine`: the public library API of Sluice — open an [`Engine`]
+//! on a data directory, run SQL on it, produce records.
 //!
-//! Not built yet: the engine arrives with continuous queries. Until then,
-//! embedders use [`sluice_storage`] directly for the log; it is re-exported
-//! here so that the dependency direction `engine -> storage` is already the
-//! one users will keep.
+//! ```no_run
+//! use sluice_engine::{Engine, Record};
+//!
+//! # async fn demo() -> sluice_engine::Result<()> {
+//! let engine = Engine::open("./sluice-data").await?;
+//! engine
+//!     .execute("CREATE STREAM bid (auction BIGINT, price BIGINT, date_time TIMESTAMP) \
+//!               WITH (topic = 'bids', format = 'json', partitions = 4)")
+//!     .await?;
+//! engine
+//!     .producer("bids")?
+//!     .send(Record::new(r#"{"auction": 1, "price": 5, "date_time": "2026-01-01T00:00:00Z"}"#))
+//!     .await?;
+//! let batches = engine.query("SELECT count(*), max(price) FROM bid").await?;
+//! engine.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Bounded queries run now; continuous queries (`EMIT`) are analysed and
+//! refused with a clear error until the continuous runtime lands.
 
+mod engine;
+mod error;
+
+pub use datafusion::arrow::record_batch::RecordBatch;
+pub use engine::{Engine, EngineBuilder, Producer};
+pub use error::{Error, Result};
+pub use sluice_sql::{Output, QueryOutput};
 pub use sluice_storage as storage;
+pub use sluice_storage::{Durability, Record, RecordPosition};

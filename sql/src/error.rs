@@ -19,8 +19,13 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
     /// The statement names an object that does not exist.
-    #[error("unknown {kind} \"{name}\"")]
-    NotFound { kind: &'static str, name: String },
+    #[error("unknown {kind} \"{name}\"{hint}")]
+    NotFound {
+        kind: &'static str,
+        name: String,
+        /// Empty, or ` (did you mean "x"?)`.
+        hint: String,
+    },
     /// The statement is valid SQL that Sluice does not support (yet).
     #[error("{0}")]
     Unsupported(String),

@@ -1,19 +1,47 @@
-//! `sluice-sql`: the Sluice SQL dialect, the catalog of streams, and
-//! planning to DataFusion.
+//! `sluice-sql`: the Sluice SQL dialect, the catalog of streams, decoding
+//! records into Arrow, the window table functions, and running statements
+//! once (DDL, `INSERT`, bounded queries) through DataFusion.
 //!
-//! So far this crate parses the dialect ([`parse_sql`]); the catalog,
-//! decoding and planning follow. Nothing else in Sluice uses it yet.
+//! - [`parse_sql`] parses the dialect into [`Statement`]s.
+//! - [`Catalog`] holds the streams, persisted in the storage state store.
+//! - [`StreamProvider`] is a stream as a DataFusion table: it reads a
+//!   snapshot of the topic and decodes values with arrow's decoders.
+//! - [`WindowRelationPlanner`] plans `TUMBLE`, `HOP` and `SESSION`.
+//! - [`SqlContext`] runs statements; [`analysis`] decides how a
+//!   `SELECT ... EMIT` can run continuously.
 
+pub mod analysis;
+mod catalog;
+mod context;
+mod ddl;
+mod deadletter;
+mod decode;
 mod duration;
 mod error;
+mod insert;
+mod output;
 mod parser;
+mod scan;
+mod window;
 
 #[cfg(test)]
 mod tests;
 
+pub use catalog::{
+    Catalog, DEAD_LETTER_SUFFIX, Format, KEY_COLUMN, OFFSET_COLUMN, OnError, PARTITION_COLUMN,
+    StreamDef, TIMESTAMP_COLUMN, is_metadata_column, metadata_fields,
+};
+pub use context::{PlannedQuery, SqlContext, SqlOptions};
+pub use deadletter::DeadLetters;
 pub use duration::{expr_to_duration, parse_duration};
 pub use error::{Error, Result};
+pub use output::{Output, QueryOutput};
 pub use parser::{
     CreateStream, Emit, EmitMode, ShowObject, Statement, StreamingQuery, WatermarkDef, WithOptions,
     ident_name, parse_sql,
+};
+pub use scan::{LogScanExec, PartitionRange, ScanContext, ScanReport, Snapshot, StreamProvider};
+pub use window::{
+    HopStarts, WINDOW_END, WINDOW_START, WindowFunction, WindowKind, WindowRelationPlanner,
+    window_function,
 };

@@ -1,0 +1,222 @@
+//! Decoding record values into Arrow batches with arrow's own decoders
+//! (`arrow-json`, `arrow-csv`), a chunk of records at a time.
+//!
+//! The fast path feeds a whole chunk to one decoder. Only when that fails
+//! does the chunk go through the slow path, one record at a time, to find
+//! which records are bad: the good ones are kept and the bad ones returned
+//! with their error, so a bad record never takes its neighbours down with it.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BinaryArray, RecordBatch, RecordBatchOptions, StringArray,
+};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::csv;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::json;
+
+use crate::catalog::{Format, StreamDef};
+use crate::error::{Error, Result};
+
+/// The rows decoded from a chunk of values, and the values that failed.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    /// One row per good value, in order.
+    pub batch: RecordBatch,
+    /// `(index in the chunk, error text)` of each bad value, ascending.
+    pub bad: Vec<(usize, String)>,
+}
+
+/// Decodes values of one stream into its projected value columns.
+#[derive(Debug)]
+pub(crate) struct ValueDecoder {
+    format: Format,
+    /// The stream's value columns (all of them, for CSV's positions).
+    full_schema: SchemaRef,
+    /// The columns wanted, as indexes into `full_schema`.
+    projection: Vec<usize>,
+    /// The schema of the decoded batches.
+    schema: SchemaRef,
+}
+
+impl ValueDecoder {
+    /// A decoder of `def`'s values into the value columns at `projection`.
+    pub(crate) fn new(def: &StreamDef, projection: Vec<usize>) -> Result<Self> {
+        let full_schema = def.value_schema.clone();
+        let schema = Arc::new(
+            full_schema
+                .project(&projection)
+                .map_err(|e| Error::Internal(format!("bad projection: {e}")))?,
+        );
+        Ok(ValueDecoder {
+            format: def.format,
+            full_schema,
+            projection,
+            schema,
+        })
+    }
+
+    /// Decodes a chunk of values.
+    pub(crate) fn decode(&self, values: &[&[u8]]) -> Result<Decoded> {
+        if values.is_empty() {
+            return Ok(Decoded {
+                batch: RecordBatch::new_empty(self.schema.clone()),
+                bad: Vec::new(),
+            });
+        }
+        if let Some(batch) = self.decode_all(values) {
+            return Ok(Decoded {
+                batch,
+                bad: Vec::new(),
+            });
+        }
+        let mut good = Vec::with_capacity(values.len());
+        let mut bad = Vec::new();
+        for (index, value) in values.iter().enumerate() {
+            match self.decode_one(value) {
+                Ok(batch) => good.push(batch),
+                Err(message) => bad.push((index, message)),
+            }
+        }
+        let batch = if self.schema.fields().is_empty() {
+            empty_columns(&self.schema, good.len())?
+        } else {
+            concat_batches(&self.schema, &good)
+                .map_err(|e| Error::Internal(format!("cannot join decoded rows: {e}")))?
+        };
+        Ok(Decoded { batch, bad })
+    }
+
+    /// The fast path: the whole chunk at once, `None` if any value is bad.
+    fn decode_all(&self, values: &[&[u8]]) -> Option<RecordBatch> {
+        let batch = match self.format {
+            Format::Json => self.decode_json(values).ok()?,
+            Format::Csv => self.decode_csv(values).ok()?,
+            Format::Raw => self.decode_raw(values).ok()?,
+        };
+        (batch.num_rows() == values.len()).then_some(batch)
+    }
+
+    /// The slow path: one value, with the reason it is bad.
+    fn decode_one(&self, value: &[u8]) -> std::result::Result<RecordBatch, String> {
+        let batch = match self.format {
+            Format::Json => self.decode_json(&[value]),
+            Format::Csv => self.decode_csv(&[value]),
+            Format::Raw => self.decode_raw(&[value]),
+        }
+        .map_err(|e| describe(self.format, e))?;
+        match batch.num_rows() {
+            1 => Ok(batch),
+            0 => Err(format!("{}: the value is empty", self.format.as_str())),
+            n => Err(format!(
+                "{}: the value holds {n} records, expected one",
+                self.format.as_str()
+            )),
+        }
+    }
+
+    fn decode_json(&self, values: &[&[u8]]) -> std::result::Result<RecordBatch, ArrowError> {
+        let mut decoder = json::ReaderBuilder::new(self.schema.clone())
+            .with_batch_size(values.len() + 1)
+            .build_decoder()?;
+        for value in values {
+            let before = decoder.len();
+            let read = decoder.decode(value)?;
+            // Each value must be exactly one JSON value: anything else would
+            // shift rows against their offsets.
+            if read != value.len() || decoder.has_partial_record() || decoder.len() != before + 1 {
+                return Err(ArrowError::JsonError(match decoder.len() - before {
+                    0 => "the value is not a complete JSON object".to_string(),
+                    n => format!("the value holds {n} JSON values, expected one"),
+                }));
+            }
+        }
+        match decoder.flush()? {
+            Some(batch) if self.schema.fields().is_empty() => {
+                empty_columns(&self.schema, batch.num_rows())
+                    .map_err(|e| ArrowError::JsonError(e.to_string()))
+            }
+            Some(batch) => Ok(batch),
+            None => Ok(RecordBatch::new_empty(self.schema.clone())),
+        }
+    }
+
+    fn decode_csv(&self, values: &[&[u8]]) -> std::result::Result<RecordBatch, ArrowError> {
+        let mut decoder = csv::ReaderBuilder::new(self.full_schema.clone())
+            .with_header(false)
+            .with_projection(self.projection.clone())
+            .with_batch_size(values.len() + 1)
+            .build_decoder();
+        let mut buffer = Vec::with_capacity(values.iter().map(|v| v.len() + 1).sum());
+        for value in values {
+            buffer.extend_from_slice(value);
+            if !value.ends_with(b"\n") {
+                buffer.push(b'\n');
+            }
+        }
+        let mut rest = buffer.as_slice();
+        while !rest.is_empty() {
+            let read = decoder.decode(rest)?;
+            if read == 0 {
+                break;
+            }
+            rest = &rest[read..];
+        }
+        // Flush with an empty input so the last line is terminated.
+        decoder.decode(&[])?;
+        let batch = decoder
+            .flush()?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone()));
+        if self.schema.fields().is_empty() {
+            return empty_columns(&self.schema, batch.num_rows())
+                .map_err(|e| ArrowError::CsvError(e.to_string()));
+        }
+        Ok(batch)
+    }
+
+    fn decode_raw(&self, values: &[&[u8]]) -> std::result::Result<RecordBatch, ArrowError> {
+        let Some(field) = self.schema.fields().first() else {
+            return empty_columns(&self.schema, values.len())
+                .map_err(|e| ArrowError::InvalidArgumentError(e.to_string()));
+        };
+        let column: ArrayRef = match field.data_type() {
+            DataType::Utf8 => {
+                let strings = values
+                    .iter()
+                    .map(|v| std::str::from_utf8(v).map(Some))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        ArrowError::InvalidArgumentError(format!("the value is not UTF-8: {e}"))
+                    })?;
+                Arc::new(StringArray::from(strings))
+            }
+            _ => Arc::new(BinaryArray::from_iter_values(values.iter())),
+        };
+        RecordBatch::try_new(self.schema.clone(), vec![column])
+    }
+}
+
+/// A batch without columns that still counts its rows.
+fn empty_columns(schema: &SchemaRef, rows: usize) -> Result<RecordBatch> {
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        Vec::new(),
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| Error::Internal(format!("cannot build an empty batch: {e}")))
+}
+
+/// An arrow error as the one line a user reads.
+fn describe(format: Format, error: ArrowError) -> String {
+    let text = match error {
+        ArrowError::JsonError(m)
+        | ArrowError::CsvError(m)
+        | ArrowError::ParseError(m)
+        | ArrowError::InvalidArgumentError(m)
+        | ArrowError::CastError(m) => m,
+        other => other.to_string(),
+    };
+    format!("invalid {} value: {text}", format.as_str())
+}

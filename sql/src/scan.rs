@@ -1,0 +1,831 @@
+//! Reading a stream as a DataFusion table: [`StreamProvider`] plans a
+//! [`LogScanExec`] over a snapshot of the topic's partitions, with the
+//! filters on `_partition`, `_offset` and `_timestamp` turned into offset
+//! ranges, and the projection pushed into the value decoder.
+//!
+//! Each output partition reads one range of one topic partition on a
+//! blocking thread, a chunk of records at a time, and sends decoded batches
+//! through a small channel: partitions decode in parallel, and a consumer
+//! that stops early (`LIMIT`) stops the readers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
+    TimestampMillisecondArray,
+};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use sluice_storage::{PayloadKind, ReadLimits, Storage};
+
+use crate::catalog::{
+    OFFSET_COLUMN, OnError, PARTITION_COLUMN, StreamDef, TIMESTAMP_COLUMN, metadata_fields,
+};
+use crate::deadletter::{BadRecord, DeadLetters};
+use crate::decode::ValueDecoder;
+use crate::error::Error;
+
+/// Records decoded per chunk: big enough to amortise per-chunk costs,
+/// small enough that a `LIMIT` stops soon and memory stays low.
+const CHUNK_RECORDS: usize = 8192;
+/// Bytes read per chunk.
+const CHUNK_BYTES: usize = 16 * 1024 * 1024;
+/// Errors kept word for word per query; the rest are only counted.
+const MAX_REPORTED_ERRORS: usize = 10;
+
+/// The `(log start, end)` offsets of every partition of every topic a query
+/// reads, taken the first time the query names the topic and then fixed.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    topics: Mutex<HashMap<String, Arc<Vec<(u64, u64)>>>>,
+}
+
+impl Snapshot {
+    /// The offsets of `topic`, fixed at the first call.
+    pub fn offsets(&self, storage: &Storage, topic: &str) -> crate::Result<Arc<Vec<(u64, u64)>>> {
+        let mut topics = self
+            .topics
+            .lock()
+            .map_err(|_| Error::Internal("snapshot lock poisoned".to_string()))?;
+        if let Some(offsets) = topics.get(topic) {
+            return Ok(offsets.clone());
+        }
+        let partitions = storage.partition_count(topic)?;
+        let offsets = (0..partitions)
+            .map(|p| storage.offsets(topic, p))
+            .collect::<sluice_storage::Result<Vec<_>>>()?;
+        let offsets = Arc::new(offsets);
+        topics.insert(topic.to_string(), offsets.clone());
+        Ok(offsets)
+    }
+}
+
+/// What the scans of one query met: records read and records that did
+/// not decode (counted, with the first errors word for word).
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    records_read: AtomicU64,
+    batches_read: AtomicU64,
+    decode_errors: AtomicU64,
+    first_errors: Mutex<Vec<String>>,
+}
+
+impl ScanReport {
+    /// Records read from the log.
+    pub fn records_read(&self) -> u64 {
+        self.records_read.load(Ordering::Relaxed)
+    }
+
+    /// Stored batches read from the log.
+    pub fn batches_read(&self) -> u64 {
+        self.batches_read.load(Ordering::Relaxed)
+    }
+
+    /// Records that did not decode.
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors.load(Ordering::Relaxed)
+    }
+
+    /// The first few decode errors, naming each record.
+    pub fn first_errors(&self) -> Vec<String> {
+        self.first_errors
+            .lock()
+            .map(|errors| errors.clone())
+            .unwrap_or_default()
+    }
+
+    fn add_errors(&self, errors: impl Iterator<Item = String>) {
+        if let Ok(mut first) = self.first_errors.lock() {
+            for error in errors {
+                self.decode_errors.fetch_add(1, Ordering::Relaxed);
+                if first.len() < MAX_REPORTED_ERRORS {
+                    first.push(error);
+                }
+            }
+        }
+    }
+}
+
+/// What every scan of a query shares.
+#[derive(Debug, Clone)]
+pub struct ScanContext {
+    pub storage: Storage,
+    pub snapshot: Arc<Snapshot>,
+    pub report: Arc<ScanReport>,
+    pub dead_letters: Arc<DeadLetters>,
+}
+
+/// A stream as a DataFusion table, over a snapshot of its topic.
+#[derive(Debug)]
+pub struct StreamProvider {
+    def: Arc<StreamDef>,
+    schema: SchemaRef,
+    offsets: Arc<Vec<(u64, u64)>>,
+    context: ScanContext,
+}
+
+impl StreamProvider {
+    /// The table for `def`, its topic's offsets fixed in the snapshot.
+    pub fn try_new(def: Arc<StreamDef>, context: ScanContext) -> crate::Result<Self> {
+        let offsets = context.snapshot.offsets(&context.storage, &def.topic)?;
+        Ok(StreamProvider {
+            schema: def.table_schema(),
+            def,
+            offsets,
+            context,
+        })
+    }
+
+    /// The stream it reads.
+    pub fn stream(&self) -> &Arc<StreamDef> {
+        &self.def
+    }
+}
+
+#[async_trait]
+impl TableProvider for StreamProvider {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|filter| {
+                let mut bounds = LogBounds::default();
+                if bounds.narrow(filter) {
+                    // DataFusion still applies the filter: the bounds only skip
+                    // what cannot match.
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let mut bounds = LogBounds::default();
+        for filter in filters {
+            bounds.narrow(filter);
+        }
+        let storage = &self.context.storage;
+        let mut ranges = Vec::new();
+        for (partition, &(start, end)) in self.offsets.iter().enumerate() {
+            let partition = partition as u32;
+            if !bounds.keeps_partition(partition) {
+                continue;
+            }
+            let mut start = start.max(bounds.offset_from);
+            let end = bounds.offset_until.map_or(end, |until| until.min(end));
+            if let Some(timestamp_ms) = bounds.timestamp_from_ms
+                && start < end
+            {
+                let from = storage
+                    .offset_for_timestamp(&self.def.topic, partition, timestamp_ms)
+                    .map_err(|e| DataFusionError::External(Box::new(Error::from(e))))?;
+                start = start.max(from.unwrap_or(end));
+            }
+            if start < end {
+                ranges.push(PartitionRange {
+                    partition,
+                    start,
+                    end,
+                });
+            }
+        }
+        let ranges = split_ranges(ranges, state.config().target_partitions());
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        Ok(Arc::new(LogScanExec::try_new(
+            self.def.clone(),
+            self.schema.clone(),
+            projection,
+            ranges,
+            limit,
+            self.context.clone(),
+        )?))
+    }
+}
+
+/// One offset range of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionRange {
+    pub partition: u32,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Splits the largest ranges until there are `target` of them, so that a
+/// topic with fewer partitions than cores still decodes on every core.
+fn split_ranges(mut ranges: Vec<PartitionRange>, target: usize) -> Vec<PartitionRange> {
+    const MIN_SPLIT: u64 = 2 * CHUNK_RECORDS as u64;
+    while ranges.len() < target {
+        let Some((index, largest)) = ranges
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, r)| r.end - r.start)
+            .map(|(i, r)| (i, *r))
+        else {
+            break;
+        };
+        if largest.end - largest.start < MIN_SPLIT {
+            break;
+        }
+        let middle = largest.start + (largest.end - largest.start) / 2;
+        ranges[index].end = middle;
+        ranges.insert(
+            index + 1,
+            PartitionRange {
+                start: middle,
+                ..largest
+            },
+        );
+    }
+    ranges
+}
+
+/// What filters on the metadata columns say about where rows can be.
+#[derive(Debug, Default)]
+struct LogBounds {
+    partitions: Option<BTreeSet<u32>>,
+    offset_from: u64,
+    offset_until: Option<u64>,
+    timestamp_from_ms: Option<i64>,
+}
+
+impl LogBounds {
+    fn keeps_partition(&self, partition: u32) -> bool {
+        self.partitions
+            .as_ref()
+            .is_none_or(|set| set.contains(&partition))
+    }
+
+    /// Narrows the bounds by `filter`; false when the filter says nothing
+    /// the log can use.
+    fn narrow(&mut self, filter: &Expr) -> bool {
+        match filter {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                if *op == Operator::And {
+                    let l = self.narrow(left);
+                    let r = self.narrow(right);
+                    return l || r;
+                }
+                if let (Some(column), Some(value)) = (column_name(left), literal_i64(right)) {
+                    self.compare(&column, *op, value)
+                } else if let (Some(value), Some(column)) = (literal_i64(left), column_name(right))
+                {
+                    match op.swap() {
+                        Some(op) => self.compare(&column, op, value),
+                        None => false,
+                    }
+                } else {
+                    false
+                }
+            }
+            Expr::Between(between) if !between.negated => {
+                match (
+                    column_name(&between.expr),
+                    literal_i64(&between.low),
+                    literal_i64(&between.high),
+                ) {
+                    (Some(column), Some(low), Some(high)) => {
+                        let l = self.compare(&column, Operator::GtEq, low);
+                        let h = self.compare(&column, Operator::LtEq, high);
+                        l || h
+                    }
+                    _ => false,
+                }
+            }
+            Expr::InList(in_list) if !in_list.negated => {
+                if column_name(&in_list.expr).as_deref() != Some(PARTITION_COLUMN) {
+                    return false;
+                }
+                let values: Option<Vec<i64>> = in_list.list.iter().map(literal_i64).collect();
+                match values {
+                    Some(values) => {
+                        let set: BTreeSet<u32> = values
+                            .into_iter()
+                            .filter_map(|v| u32::try_from(v).ok())
+                            .collect();
+                        self.keep_partitions(|p| set.contains(&p));
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    fn keep_partitions(&mut self, keep: impl Fn(u32) -> bool) {
+        let current = self
+            .partitions
+            .take()
+            .unwrap_or_else(|| (0..sluice_storage::MAX_PARTITIONS).collect());
+        self.partitions = Some(current.into_iter().filter(|p| keep(*p)).collect());
+    }
+
+    fn compare(&mut self, column: &str, op: Operator, value: i64) -> bool {
+        match column {
+            PARTITION_COLUMN => {
+                let keep: Box<dyn Fn(i64) -> bool> = match op {
+                    Operator::Eq => Box::new(move |p| p == value),
+                    Operator::Lt => Box::new(move |p| p < value),
+                    Operator::LtEq => Box::new(move |p| p <= value),
+                    Operator::Gt => Box::new(move |p| p > value),
+                    Operator::GtEq => Box::new(move |p| p >= value),
+                    _ => return false,
+                };
+                self.keep_partitions(|p| keep(i64::from(p)));
+                true
+            }
+            OFFSET_COLUMN => {
+                let (from, until) = match op {
+                    Operator::Eq => (Some(value), value.checked_add(1)),
+                    Operator::Gt => (value.checked_add(1), None),
+                    Operator::GtEq => (Some(value), None),
+                    Operator::Lt => (None, Some(value)),
+                    Operator::LtEq => (None, value.checked_add(1)),
+                    _ => return false,
+                };
+                if let Some(from) = from {
+                    self.offset_from = self.offset_from.max(from.max(0) as u64);
+                }
+                if let Some(until) = until {
+                    let until = until.max(0) as u64;
+                    self.offset_until = Some(self.offset_until.map_or(until, |u| u.min(until)));
+                }
+                true
+            }
+            // Timestamps are not ordered by offset, so only a lower bound
+            // maps to an offset (the first one at or after it, from the
+            // log's time index); an upper bound must still read to the end.
+            TIMESTAMP_COLUMN => match op {
+                Operator::Eq | Operator::Gt | Operator::GtEq => {
+                    self.timestamp_from_ms =
+                        Some(self.timestamp_from_ms.map_or(value, |t| t.max(value)));
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// The metadata column an expression reads, looking through casts (a
+/// `_timestamp` compared with a nanosecond literal is cast, not changed).
+fn column_name(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Column(column) => Some(column.name.clone()),
+        Expr::Cast(cast) => column_name(&cast.expr),
+        Expr::TryCast(cast) => column_name(&cast.expr),
+        _ => None,
+    }
+}
+
+/// An integer literal, or a timestamp literal in milliseconds.
+fn literal_i64(expr: &Expr) -> Option<i64> {
+    let Expr::Literal(value, _) = expr else {
+        return None;
+    };
+    match value {
+        ScalarValue::Int8(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::Int16(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::Int32(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::Int64(Some(v)) => Some(*v),
+        ScalarValue::UInt8(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::UInt16(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::UInt32(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::UInt64(Some(v)) => i64::try_from(*v).ok(),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1000),
+        ScalarValue::TimestampMillisecond(Some(v), _) => Some(*v),
+        // Rounded down: the bound stays a lower bound.
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(v.div_euclid(1000)),
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(v.div_euclid(1_000_000)),
+        _ => None,
+    }
+}
+
+/// Reads offset ranges of a topic and decodes them into record batches.
+#[derive(Debug)]
+pub struct LogScanExec {
+    def: Arc<StreamDef>,
+    /// The stream's full table schema.
+    table_schema: SchemaRef,
+    /// Columns of `table_schema` produced, in order.
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    ranges: Vec<PartitionRange>,
+    limit: Option<usize>,
+    context: ScanContext,
+    properties: Arc<PlanProperties>,
+}
+
+impl LogScanExec {
+    /// A scan of `ranges`, producing the `projection` of `table_schema`.
+    pub fn try_new(
+        def: Arc<StreamDef>,
+        table_schema: SchemaRef,
+        projection: Vec<usize>,
+        ranges: Vec<PartitionRange>,
+        limit: Option<usize>,
+        context: ScanContext,
+    ) -> datafusion::common::Result<Self> {
+        let schema = Arc::new(table_schema.project(&projection)?);
+        // Zero ranges still need one (empty) output partition.
+        let partitions = ranges.len().max(1);
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(LogScanExec {
+            def,
+            table_schema,
+            projection,
+            schema,
+            ranges,
+            limit,
+            context,
+            properties: Arc::new(properties),
+        })
+    }
+
+    /// The offset ranges it reads.
+    pub fn ranges(&self) -> &[PartitionRange] {
+        &self.ranges
+    }
+}
+
+impl DisplayAs for LogScanExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let columns: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                write!(
+                    f,
+                    "LogScanExec: stream={}, topic={}, format={}, projection=[{}], ranges={}",
+                    self.def.name,
+                    self.def.topic,
+                    self.def.format.as_str(),
+                    columns.join(", "),
+                    self.ranges.len(),
+                )?;
+                if let Some(limit) = self.limit {
+                    write!(f, ", limit={limit}")?;
+                }
+                Ok(())
+            }
+            DisplayFormatType::TreeRender => write!(f, "stream={}", self.def.name),
+        }
+    }
+}
+
+impl ExecutionPlan for LogScanExec {
+    fn name(&self) -> &'static str {
+        "LogScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::common::Result<TreeNodeRecursion>,
+    ) -> datafusion::common::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "LogScanExec has no children".to_string(),
+            ))
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> datafusion::common::Result<SendableRecordBatchStream> {
+        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
+        let Some(range) = self.ranges.get(partition).copied() else {
+            return Ok(builder.build());
+        };
+        let tx = builder.tx();
+        let mut reader = RangeReader::try_new(
+            self.def.clone(),
+            &self.table_schema,
+            &self.projection,
+            self.schema.clone(),
+            range,
+            self.limit,
+            self.context.clone(),
+        )?;
+        builder.spawn_blocking(move || {
+            while let Some(batch) = reader.next_batch()? {
+                if tx.blocking_send(Ok(batch)).is_err() {
+                    // The consumer is gone (a LIMIT was reached): stop reading.
+                    break;
+                }
+            }
+            Ok(())
+        });
+        Ok(builder.build())
+    }
+}
+
+/// Where each output column comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The decoded value column at this position.
+    Value(usize),
+    Key,
+    Partition,
+    Offset,
+    Timestamp,
+}
+
+/// Reads one range, chunk by chunk, into batches of the projected schema.
+struct RangeReader {
+    def: Arc<StreamDef>,
+    schema: SchemaRef,
+    sources: Vec<Source>,
+    decoder: ValueDecoder,
+    range: PartitionRange,
+    next_offset: u64,
+    remaining: Option<usize>,
+    context: ScanContext,
+}
+
+impl RangeReader {
+    fn try_new(
+        def: Arc<StreamDef>,
+        table_schema: &Schema,
+        projection: &[usize],
+        schema: SchemaRef,
+        range: PartitionRange,
+        limit: Option<usize>,
+        context: ScanContext,
+    ) -> datafusion::common::Result<Self> {
+        let value_count = def.value_schema.fields().len();
+        // Value columns are decoded in schema order (CSV needs it), then
+        // placed where the projection wants them.
+        let mut value_columns: Vec<usize> = projection
+            .iter()
+            .copied()
+            .filter(|i| *i < value_count)
+            .collect();
+        value_columns.sort_unstable();
+        value_columns.dedup();
+        let metadata: Vec<String> = metadata_fields().iter().map(|f| f.name().clone()).collect();
+        let sources = projection
+            .iter()
+            .map(|&i| {
+                if i < value_count {
+                    let position = value_columns.iter().position(|c| *c == i).unwrap_or(0);
+                    Ok(Source::Value(position))
+                } else {
+                    let name = table_schema.field(i).name();
+                    Ok(match metadata.iter().position(|m| m == name) {
+                        Some(0) => Source::Key,
+                        Some(1) => Source::Partition,
+                        Some(2) => Source::Offset,
+                        Some(3) => Source::Timestamp,
+                        _ => {
+                            return Err(DataFusionError::Internal(format!(
+                                "column {i} of stream {} does not exist",
+                                def.name
+                            )));
+                        }
+                    })
+                }
+            })
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let decoder = ValueDecoder::new(&def, value_columns)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(RangeReader {
+            def,
+            schema,
+            sources,
+            decoder,
+            next_offset: range.start,
+            range,
+            remaining: limit,
+            context,
+        })
+    }
+
+    fn next_batch(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        loop {
+            if self.next_offset >= self.range.end || self.remaining == Some(0) {
+                return Ok(None);
+            }
+            let batch = self.read_chunk()?;
+            if let Some(batch) = batch
+                && batch.num_rows() > 0
+            {
+                let batch = match &mut self.remaining {
+                    Some(remaining) => {
+                        let keep = batch.num_rows().min(*remaining);
+                        *remaining -= keep;
+                        batch.slice(0, keep)
+                    }
+                    None => batch,
+                };
+                return Ok(Some(batch));
+            }
+        }
+    }
+
+    /// Reads and decodes one chunk; `None` when the range is done.
+    fn read_chunk(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        let storage = &self.context.storage;
+        let topic = &self.def.topic;
+        let partition = self.range.partition;
+        let limits = ReadLimits::records(CHUNK_RECORDS)
+            .with_max_bytes(CHUNK_BYTES)
+            .until(self.range.end);
+        let fetch = match storage.read(topic, partition, self.next_offset, limits) {
+            Ok(fetch) => fetch,
+            // Retention removed the start of the range while the query ran:
+            // those records are gone; read from the new log start.
+            Err(sluice_storage::Error::OffsetOutOfRange { .. }) => {
+                let (log_start, _) = storage.offsets(topic, partition).map_err(external)?;
+                if log_start > self.next_offset {
+                    self.next_offset = log_start;
+                    return Ok(None);
+                }
+                self.next_offset = self.range.end;
+                return Ok(None);
+            }
+            Err(e) => return Err(external(e)),
+        };
+        if fetch.batches.is_empty() {
+            self.next_offset = self.range.end;
+            return Ok(None);
+        }
+        self.next_offset = fetch.next_offset.min(self.range.end);
+        let count = fetch.record_count();
+        let mut values: Vec<&[u8]> = Vec::with_capacity(count);
+        let mut keys: Vec<Option<&[u8]>> = Vec::with_capacity(count);
+        let mut offsets: Vec<i64> = Vec::with_capacity(count);
+        let mut timestamps: Vec<i64> = Vec::with_capacity(count);
+        for stored in &fetch.batches {
+            if stored.kind() != PayloadKind::Rows {
+                return Err(external(Error::Unsupported(format!(
+                    "topic {topic} partition {partition} offset {}: a columnar batch in the row stream {}",
+                    stored.offsets().start,
+                    self.def.name
+                ))));
+            }
+            for record in stored.records().map_err(external)? {
+                let record = record.map_err(external)?;
+                values.push(record.value);
+                keys.push(record.key);
+                offsets.push(record.offset as i64);
+                timestamps.push(record.timestamp_ms);
+            }
+        }
+        let report = &self.context.report;
+        report
+            .records_read
+            .fetch_add(count as u64, Ordering::Relaxed);
+        report
+            .batches_read
+            .fetch_add(fetch.batches.len() as u64, Ordering::Relaxed);
+        let decoded = self.decoder.decode(&values).map_err(external)?;
+        let good: Option<Vec<usize>> = if decoded.bad.is_empty() {
+            None
+        } else {
+            self.handle_bad(&decoded.bad, &values, &keys, &offsets, &timestamps)?;
+            let bad: BTreeSet<usize> = decoded.bad.iter().map(|(i, _)| *i).collect();
+            Some((0..values.len()).filter(|i| !bad.contains(i)).collect())
+        };
+        let rows = decoded.batch.num_rows();
+        let pick = |i: usize| good.as_ref().map_or(i, |g| g[i]);
+        let columns: Vec<ArrayRef> = self
+            .sources
+            .iter()
+            .map(|source| -> ArrayRef {
+                match source {
+                    Source::Value(position) => decoded.batch.column(*position).clone(),
+                    Source::Key => {
+                        Arc::new(StringArray::from_iter((0..rows).map(|i| {
+                            keys[pick(i)].map(|k| String::from_utf8_lossy(k).into_owned())
+                        })))
+                    }
+                    Source::Partition => Arc::new(Int32Array::from(vec![partition as i32; rows])),
+                    Source::Offset => Arc::new(Int64Array::from_iter_values(
+                        (0..rows).map(|i| offsets[pick(i)]),
+                    )),
+                    Source::Timestamp => Arc::new(TimestampMillisecondArray::from_iter_values(
+                        (0..rows).map(|i| timestamps[pick(i)]),
+                    )),
+                }
+            })
+            .collect();
+        let batch = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        Ok(Some(batch))
+    }
+
+    /// Counts, reports and dead-letters bad records; fails the query
+    /// instead when the stream says `on_error = 'fail'`.
+    fn handle_bad(
+        &self,
+        bad: &[(usize, String)],
+        values: &[&[u8]],
+        keys: &[Option<&[u8]>],
+        offsets: &[i64],
+        timestamps: &[i64],
+    ) -> datafusion::common::Result<()> {
+        let topic = &self.def.topic;
+        let partition = self.range.partition;
+        let describe = |(i, error): &(usize, String)| {
+            format!(
+                "stream {} (topic {topic}, partition {partition}, offset {}): {error}",
+                self.def.name, offsets[*i]
+            )
+        };
+        if self.def.on_error == OnError::Fail {
+            return Err(external(Error::InvalidInput(format!(
+                "{} (the stream has on_error = 'fail')",
+                describe(&bad[0])
+            ))));
+        }
+        self.context.report.add_errors(bad.iter().map(describe));
+        let records: Vec<BadRecord> = bad
+            .iter()
+            .map(|(i, error)| BadRecord {
+                partition,
+                offset: offsets[*i] as u64,
+                timestamp_ms: timestamps[*i],
+                key: keys[*i].map(<[u8]>::to_vec),
+                value: values[*i].to_vec(),
+                error: error.clone(),
+            })
+            .collect();
+        self.context
+            .dead_letters
+            .record(&self.def, &records)
+            .map_err(external)
+    }
+}
+
+fn external(error: impl Into<Error>) -> DataFusionError {
+    DataFusionError::External(Box::new(error.into()))
+}

@@ -1,0 +1,583 @@
+//! The window table functions `TUMBLE`, `HOP` and `SESSION`, planned by a
+//! DataFusion [`RelationPlanner`] into ordinary logical plans that add
+//! `window_start` and `window_end` to each row, so that everything
+//! DataFusion does with rows works on windowed rows too.
+//!
+//! - `TUMBLE(t, ts, size)`: `date_bin(size, ts)`.
+//! - `HOP(t, ts, slide, size)`: [`HopStarts`] lists the `size / slide`
+//!   windows of a row, then `unnest` makes one row per window.
+//! - `SESSION(t, ts, gap, keys...)`: window functions over each key ordered
+//!   by time: a row starts a session when it is at least `gap` after the
+//!   previous row; a running sum numbers sessions; `min`/`max` of the
+//!   session give its bounds. The keys are the `GROUP BY` keys of the query
+//!   around it, added by [`add_session_keys`] before planning.
+//!
+//! Rows whose time is NULL belong to no window and are left out.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayBuilder, ArrayRef, AsArray, Int64Builder, ListArray};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, TimeUnit, TimestampMillisecondType};
+use datafusion::common::{DFSchema, DataFusionError, ScalarValue, plan_err};
+use datafusion::logical_expr::planner::{
+    PlannedRelation, RelationPlanner, RelationPlannerContext, RelationPlanning,
+};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility, cast, col, lit,
+};
+use datafusion::sql::sqlparser::ast::{
+    self, FunctionArg, FunctionArgExpr, GroupByExpr, ObjectName, Query, SetExpr, TableAlias,
+    TableFactor, TableWithJoins,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::duration::expr_to_duration;
+use crate::parser::ident_name;
+
+/// The column a window table function adds for the window's start.
+pub const WINDOW_START: &str = "window_start";
+/// The column a window table function adds for the window's end (exclusive).
+pub const WINDOW_END: &str = "window_end";
+
+/// A window table function, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Tumble { size_ms: i64 },
+    Hop { slide_ms: i64, size_ms: i64 },
+    Session { gap_ms: i64 },
+}
+
+impl WindowKind {
+    /// `TUMBLE(10s)` and so on, for plans and messages.
+    pub fn describe(&self) -> String {
+        match self {
+            WindowKind::Tumble { size_ms } => format!("TUMBLE(size {})", ms_text(*size_ms)),
+            WindowKind::Hop { slide_ms, size_ms } => format!(
+                "HOP(slide {}, size {})",
+                ms_text(*slide_ms),
+                ms_text(*size_ms)
+            ),
+            WindowKind::Session { gap_ms } => format!("SESSION(gap {})", ms_text(*gap_ms)),
+        }
+    }
+}
+
+fn ms_text(ms: i64) -> String {
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// A window table function found in a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowFunction {
+    pub kind: WindowKind,
+    /// The table it reads.
+    pub table: String,
+    /// The time column.
+    pub time_column: String,
+}
+
+/// Recognises `TUMBLE`/`HOP`/`SESSION(table, column, intervals...)` and
+/// reads its arguments; `None` for any other relation.
+pub fn window_function(factor: &TableFactor) -> Option<crate::Result<WindowFunction>> {
+    let TableFactor::Table {
+        name,
+        args: Some(args),
+        ..
+    } = factor
+    else {
+        return None;
+    };
+    let function = name.0.last()?.as_ident()?.value.to_ascii_uppercase();
+    if !matches!(function.as_str(), "TUMBLE" | "HOP" | "SESSION") {
+        return None;
+    }
+    Some(read_window_args(&function, &args.args))
+}
+
+fn read_window_args(function: &str, args: &[FunctionArg]) -> crate::Result<WindowFunction> {
+    let usage = match function {
+        "TUMBLE" => "TUMBLE(<stream>, <time column>, INTERVAL '<size>' <unit>)",
+        "HOP" => {
+            "HOP(<stream>, <time column>, INTERVAL '<slide>' <unit>, INTERVAL '<size>' <unit>)"
+        }
+        _ => "SESSION(<stream>, <time column>, INTERVAL '<gap>' <unit>)",
+    };
+    let wrong = |what: &str| crate::Error::invalid(format!("{function}: {what}; usage: {usage}"));
+    let exprs: Vec<&ast::Expr> = args
+        .iter()
+        .map(|arg| match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Ok(expr),
+            _ => Err(wrong("arguments must be plain (no names, no *)")),
+        })
+        .collect::<crate::Result<_>>()?;
+    let intervals = match function {
+        "HOP" => 2,
+        _ => 1,
+    };
+    // SESSION may carry its partition keys after the gap (see add_session_keys).
+    let too_many = function != "SESSION" && exprs.len() > 2 + intervals;
+    if exprs.len() < 2 + intervals || too_many {
+        return Err(wrong(&format!(
+            "expected {} arguments, found {}",
+            2 + intervals,
+            exprs.len()
+        )));
+    }
+    let table = match exprs[0] {
+        ast::Expr::Identifier(ident) => ident_name(ident),
+        ast::Expr::CompoundIdentifier(parts) => {
+            parts.iter().map(ident_name).collect::<Vec<_>>().join(".")
+        }
+        other => {
+            return Err(wrong(&format!(
+                "the first argument must name a stream, found {other}"
+            )));
+        }
+    };
+    let time_column = match exprs[1] {
+        ast::Expr::Identifier(ident) => ident_name(ident),
+        ast::Expr::CompoundIdentifier(parts) => parts.last().map(ident_name).unwrap_or_default(),
+        other => {
+            return Err(wrong(&format!(
+                "the second argument must name the time column, found {other}"
+            )));
+        }
+    };
+    let positive_ms = |expr: &ast::Expr, what: &str| -> crate::Result<i64> {
+        let duration = expr_to_duration(expr)
+            .map_err(|e| wrong(&format!("the {what} must be an interval: {e}")))?;
+        let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        if ms <= 0 {
+            return Err(wrong(&format!("the {what} must be at least 1 ms")));
+        }
+        Ok(ms)
+    };
+    let kind = match function {
+        "TUMBLE" => WindowKind::Tumble {
+            size_ms: positive_ms(exprs[2], "size")?,
+        },
+        "HOP" => {
+            let slide_ms = positive_ms(exprs[2], "slide")?;
+            let size_ms = positive_ms(exprs[3], "size")?;
+            if slide_ms > size_ms {
+                return Err(wrong(&format!(
+                    "the slide ({}) is larger than the size ({}): rows between windows would \
+                     belong to none; use TUMBLE for non-overlapping windows",
+                    ms_text(slide_ms),
+                    ms_text(size_ms)
+                )));
+            }
+            WindowKind::Hop { slide_ms, size_ms }
+        }
+        _ => WindowKind::Session {
+            gap_ms: positive_ms(exprs[2], "gap")?,
+        },
+    };
+    Ok(WindowFunction {
+        kind,
+        table,
+        time_column,
+    })
+}
+
+/// Gives every `SESSION(...)` in `query` the `GROUP BY` keys of the select
+/// around it (other than the window columns), as extra arguments: sessions
+/// are kept per key.
+pub(crate) fn add_session_keys(query: &mut Query) {
+    add_session_keys_to_set_expr(&mut query.body);
+}
+
+fn add_session_keys_to_set_expr(body: &mut SetExpr) {
+    match body {
+        SetExpr::Select(select) => {
+            let keys: Vec<ast::Expr> = match &select.group_by {
+                GroupByExpr::Expressions(exprs, _) => exprs
+                    .iter()
+                    .filter(|e| !is_window_column(e))
+                    .map(unqualified)
+                    .collect(),
+                GroupByExpr::All(_) => Vec::new(),
+            };
+            for table in &mut select.from {
+                add_keys_to_table(table, &keys);
+            }
+        }
+        SetExpr::Query(query) => add_session_keys(query),
+        SetExpr::SetOperation { left, right, .. } => {
+            add_session_keys_to_set_expr(left);
+            add_session_keys_to_set_expr(right);
+        }
+        _ => {}
+    }
+}
+
+fn add_keys_to_table(table: &mut TableWithJoins, keys: &[ast::Expr]) {
+    add_keys_to_factor(&mut table.relation, keys);
+    for join in &mut table.joins {
+        add_keys_to_factor(&mut join.relation, keys);
+    }
+}
+
+fn add_keys_to_factor(factor: &mut TableFactor, keys: &[ast::Expr]) {
+    match factor {
+        TableFactor::Table {
+            name,
+            args: Some(args),
+            ..
+        } if name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("SESSION"))
+            && args.args.len() == 3 =>
+        {
+            args.args.extend(
+                keys.iter()
+                    .map(|k| FunctionArg::Unnamed(FunctionArgExpr::Expr(k.clone()))),
+            );
+        }
+        TableFactor::Derived { subquery, .. } => add_session_keys(subquery),
+        TableFactor::NestedJoin {
+            table_with_joins, ..
+        } => add_keys_to_table(table_with_joins, keys),
+        _ => {}
+    }
+}
+
+fn is_window_column(expr: &ast::Expr) -> bool {
+    let name = match expr {
+        ast::Expr::Identifier(ident) => ident_name(ident),
+        ast::Expr::CompoundIdentifier(parts) => parts.last().map(ident_name).unwrap_or_default(),
+        _ => return false,
+    };
+    name == WINDOW_START || name == WINDOW_END
+}
+
+/// `t.col` as `col`: keys are resolved inside the window function, where
+/// the query's table aliases do not exist yet.
+fn unqualified(expr: &ast::Expr) -> ast::Expr {
+    match expr {
+        ast::Expr::CompoundIdentifier(parts) if !parts.is_empty() => {
+            ast::Expr::Identifier(parts[parts.len() - 1].clone())
+        }
+        other => other.clone(),
+    }
+}
+
+/// Plans the window table functions.
+#[derive(Debug, Default)]
+pub struct WindowRelationPlanner;
+
+impl RelationPlanner for WindowRelationPlanner {
+    fn plan_relation(
+        &self,
+        relation: TableFactor,
+        context: &mut dyn RelationPlannerContext,
+    ) -> datafusion::common::Result<RelationPlanning> {
+        let window = match window_function(&relation) {
+            None => return Ok(RelationPlanning::Original(Box::new(relation))),
+            Some(window) => window.map_err(|e| DataFusionError::Plan(e.to_string()))?,
+        };
+        let TableFactor::Table {
+            name,
+            alias,
+            args: Some(args),
+            ..
+        } = relation
+        else {
+            return plan_err!("not a window table function");
+        };
+        let source = table_factor(ObjectName::from(match args.args.first() {
+            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::Identifier(i)))) => {
+                vec![i.clone()]
+            }
+            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::CompoundIdentifier(
+                parts,
+            )))) => parts.clone(),
+            _ => return plan_err!("{name}: the first argument must name a stream"),
+        }));
+        let input = context.plan(source)?;
+        let time = col(input
+            .schema()
+            .qualified_field_with_unqualified_name(&window.time_column)
+            .map(|(q, f)| datafusion::common::Column::new(q.cloned(), f.name()))
+            .map_err(|_| {
+                DataFusionError::Plan(format!(
+                    "{name}: {} has no column \"{}\"",
+                    window.table, window.time_column
+                ))
+            })?);
+        let time_type = input
+            .schema()
+            .field_with_unqualified_name(&window.time_column)?
+            .data_type()
+            .clone();
+        let DataType::Timestamp(_, time_zone) = &time_type else {
+            return plan_err!(
+                "{name}: the time column \"{}\" must be a TIMESTAMP, it is {time_type}",
+                window.time_column
+            );
+        };
+        let window_type = DataType::Timestamp(TimeUnit::Millisecond, time_zone.clone());
+        let time_ms = cast(time.clone(), window_type.clone());
+        let columns: Vec<Expr> = input
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        let builder = LogicalPlanBuilder::from(input).filter(time.clone().is_not_null())?;
+        let plan = match window.kind {
+            WindowKind::Tumble { size_ms } => {
+                let start = datafusion::functions::expr_fn::date_bin(
+                    interval_ms(size_ms),
+                    time_ms,
+                    lit(ScalarValue::TimestampMillisecond(
+                        Some(0),
+                        time_zone.clone(),
+                    )),
+                );
+                let mut exprs = columns;
+                exprs.push(start.clone().alias(WINDOW_START));
+                exprs.push((start + interval_ms(size_ms)).alias(WINDOW_END));
+                builder.project(exprs)?.build()?
+            }
+            WindowKind::Hop { slide_ms, size_ms } => {
+                let starts = ScalarUDF::new_from_impl(HopStarts::new()).call(vec![
+                    time_ms,
+                    lit(slide_ms),
+                    lit(size_ms),
+                ]);
+                let mut exprs = columns.clone();
+                exprs.push(starts.alias(WINDOW_START));
+                let unnested = builder.project(exprs)?.unnest_column(WINDOW_START)?;
+                let mut exprs = columns;
+                exprs.push(col(WINDOW_START));
+                exprs.push((col(WINDOW_START) + interval_ms(size_ms)).alias(WINDOW_END));
+                unnested.project(exprs)?.build()?
+            }
+            WindowKind::Session { gap_ms } => {
+                let keys: Vec<String> = args.args[3..].iter().map(ToString::to_string).collect();
+                plan_sessions(
+                    builder,
+                    context,
+                    &columns,
+                    &window.time_column,
+                    &keys,
+                    gap_ms,
+                    &window_type,
+                )?
+            }
+        };
+        // Without an alias, the windowed rows keep the stream's name.
+        let alias = alias.or_else(|| {
+            Some(TableAlias {
+                explicit: false,
+                name: ast::Ident::new(window.table.rsplit('.').next().unwrap_or_default()),
+                columns: Vec::new(),
+                at: None,
+            })
+        });
+        Ok(RelationPlanning::Planned(Box::new(PlannedRelation::new(
+            plan, alias,
+        ))))
+    }
+}
+
+/// Sessions through window functions, as described in the module docs.
+fn plan_sessions(
+    builder: LogicalPlanBuilder,
+    context: &mut dyn RelationPlannerContext,
+    columns: &[Expr],
+    time_column: &str,
+    keys: &[String],
+    gap_ms: i64,
+    window_type: &DataType,
+) -> datafusion::common::Result<datafusion::logical_expr::LogicalPlan> {
+    let time = quote(time_column);
+    let partition = if keys.is_empty() {
+        String::new()
+    } else {
+        format!("PARTITION BY {}", keys.join(", "))
+    };
+    let gap = format!("INTERVAL '{gap_ms} milliseconds'");
+    let sql_expr = |context: &mut dyn RelationPlannerContext,
+                    schema: &DFSchema,
+                    text: &str|
+     -> datafusion::common::Result<Expr> {
+        let expr = Parser::new(&GenericDialect {})
+            .try_with_sql(text)
+            .and_then(|mut p| p.parse_expr())
+            .map_err(|e| DataFusionError::Internal(format!("session window plan: {e}")))?;
+        context.sql_to_expr(expr, schema)
+    };
+    let previous = sql_expr(
+        context,
+        builder.schema(),
+        &format!("lag({time}) OVER ({partition} ORDER BY {time})"),
+    )?;
+    let with_previous = builder.window(vec![previous.alias("__sluice_previous")])?;
+    let starts = sql_expr(
+        context,
+        with_previous.schema(),
+        &format!(
+            "CASE WHEN __sluice_previous IS NULL OR {time} >= __sluice_previous + {gap} THEN 1 ELSE 0 END"
+        ),
+    )?;
+    let mut exprs = columns.to_vec();
+    exprs.push(starts.alias("__sluice_starts"));
+    let flagged = with_previous.project(exprs)?;
+    // The default frame (RANGE ... CURRENT ROW) counts rows tied on time
+    // together, so ties always share a session.
+    let number = sql_expr(
+        context,
+        flagged.schema(),
+        &format!("sum(__sluice_starts) OVER ({partition} ORDER BY {time})"),
+    )?;
+    let numbered = flagged.window(vec![number.alias("__sluice_session")])?;
+    let session_partition = if keys.is_empty() {
+        "PARTITION BY __sluice_session".to_string()
+    } else {
+        format!("{partition}, __sluice_session")
+    };
+    let first = sql_expr(
+        context,
+        numbered.schema(),
+        &format!("min({time}) OVER ({session_partition})"),
+    )?;
+    let last = sql_expr(
+        context,
+        numbered.schema(),
+        &format!("max({time}) OVER ({session_partition})"),
+    )?;
+    let bounded = numbered.window(vec![
+        first.alias("__sluice_first"),
+        last.alias("__sluice_last"),
+    ])?;
+    let mut exprs = columns.to_vec();
+    exprs.push(cast(col("__sluice_first"), window_type.clone()).alias(WINDOW_START));
+    exprs.push(
+        (cast(col("__sluice_last"), window_type.clone()) + interval_ms(gap_ms)).alias(WINDOW_END),
+    );
+    bounded.project(exprs)?.build()
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn interval_ms(ms: i64) -> Expr {
+    lit(ScalarValue::new_interval_mdn(0, 0, ms * 1_000_000))
+}
+
+fn table_factor(name: ObjectName) -> TableFactor {
+    TableFactor::Table {
+        name,
+        alias: None,
+        args: None,
+        with_hints: Vec::new(),
+        version: None,
+        with_ordinality: false,
+        partitions: Vec::new(),
+        json_path: None,
+        sample: None,
+        index_hints: Vec::new(),
+    }
+}
+
+/// `hop_starts(time_ms, slide_ms, size_ms)`: the starts of the hopping
+/// windows holding `time`, oldest first — the windows `[k * slide, k *
+/// slide + size)` with `k * slide <= time < k * slide + size`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct HopStarts {
+    signature: Signature,
+}
+
+impl HopStarts {
+    fn new() -> Self {
+        HopStarts {
+            signature: Signature::any(3, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for HopStarts {
+    fn name(&self) -> &str {
+        "hop_starts"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::List(Arc::new(Field::new_list_field(
+            arg_types.first().cloned().unwrap_or(DataType::Null),
+            true,
+        ))))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let [time, slide, size] = args.args.as_slice() else {
+            return plan_err!("hop_starts takes 3 arguments");
+        };
+        let (
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(slide))),
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(size))),
+        ) = (slide, size)
+        else {
+            return plan_err!("hop_starts: slide and size must be constant BIGINT milliseconds");
+        };
+        let (slide, size) = (*slide, *size);
+        let times = time.to_array(args.number_rows)?;
+        let DataType::Timestamp(TimeUnit::Millisecond, time_zone) = times.data_type().clone()
+        else {
+            return plan_err!("hop_starts: expected a millisecond timestamp");
+        };
+        let times = times.as_primitive::<TimestampMillisecondType>();
+        let per_row = (size + slide - 1) / slide;
+        let mut starts = Int64Builder::with_capacity(times.len() * per_row as usize);
+        let mut offsets = Vec::with_capacity(times.len() + 1);
+        offsets.push(0i32);
+        for row in 0..times.len() {
+            if times.is_valid(row) {
+                let t = times.value(row);
+                let last = t.div_euclid(slide) * slide;
+                let first = (t - size).div_euclid(slide) * slide + slide;
+                let mut start = first;
+                while start <= last {
+                    starts.append_value(start);
+                    start += slide;
+                }
+            }
+            let len = i32::try_from(starts.len())
+                .map_err(|_| DataFusionError::Execution("hop_starts: too many windows".into()))?;
+            offsets.push(len);
+        }
+        let values = starts
+            .finish()
+            .reinterpret_cast::<TimestampMillisecondType>()
+            .with_timezone_opt(time_zone.clone());
+        let field = Arc::new(Field::new_list_field(
+            DataType::Timestamp(TimeUnit::Millisecond, time_zone),
+            true,
+        ));
+        let list = ListArray::try_new(
+            field,
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(values) as ArrayRef,
+            times.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list)))
+    }
+}
