@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::output::{Output, QueryOutput, text_table};
 use crate::parser::{Statement, StreamingQuery, parse_sql};
 use crate::scan::{ScanContext, ScanReport, Snapshot, StreamProvider};
-use crate::window::{WindowRelationPlanner, add_session_keys};
+use crate::window::{WindowRelationPlanner, prepare_query};
 
 /// Settings of a [`SqlContext`].
 #[derive(Debug, Clone)]
@@ -75,10 +75,12 @@ impl SqlContext {
     pub fn open(storage: Storage, options: SqlOptions) -> Result<Self> {
         let catalog = Arc::new(Catalog::open(storage.clone())?);
         let dead_letters = Arc::new(DeadLetters::new(storage.clone()));
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_target_partitions(options.target_partitions.max(1))
             .with_batch_size(options.batch_size.max(1))
             .with_information_schema(false);
+        // VARCHAR is Utf8, the type arrow's JSON and CSV decoders produce.
+        config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         let base_state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
@@ -170,9 +172,11 @@ impl SqlContext {
     /// Plans a query (its `EMIT` clause aside) over a new snapshot.
     pub async fn plan_query(&self, query: &StreamingQuery) -> Result<PlannedQuery> {
         let report = Arc::new(ScanReport::default());
-        let state = self.query_state(report.clone())?;
+        let mut state = self.query_state(report.clone())?;
+        // Fixes now() for the whole query, as SessionContext::sql does.
+        state.mark_start_execution();
         let mut ast_query = query.query.as_ref().clone();
-        add_session_keys(&mut ast_query);
+        prepare_query(&mut ast_query);
         let statement = datafusion::sql::parser::Statement::Statement(Box::new(
             ast::Statement::Query(Box::new(ast_query)),
         ));

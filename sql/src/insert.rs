@@ -64,7 +64,8 @@ impl SqlContext {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let state = self.base_state().clone();
+        let mut state = self.base_state().clone();
+        state.mark_start_execution();
         let logical_plan = state
             .create_logical_plan(&format!("VALUES {values}"))
             .await

@@ -501,14 +501,24 @@ impl DisplayAs for LogScanExec {
             .collect();
         match t {
             DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                // Ranges as partition:start..end, so EXPLAIN shows what the
+                // pushed-down filters left to read.
+                let ranges: Vec<String> = self
+                    .ranges
+                    .iter()
+                    .take(8)
+                    .map(|r| format!("{}:{}..{}", r.partition, r.start, r.end))
+                    .collect();
+                let more = self.ranges.len().saturating_sub(ranges.len());
                 write!(
                     f,
-                    "LogScanExec: stream={}, topic={}, format={}, projection=[{}], ranges={}",
+                    "LogScanExec: stream={}, topic={}, format={}, projection=[{}], ranges=[{}{}]",
                     self.def.name,
                     self.def.topic,
                     self.def.format.as_str(),
                     columns.join(", "),
-                    self.ranges.len(),
+                    ranges.join(", "),
+                    if more > 0 { format!(", {more} more") } else { String::new() },
                 )?;
                 if let Some(limit) = self.limit {
                     write!(f, ", limit={limit}")?;

@@ -1,5 +1,5 @@
 //! The window table functions `TUMBLE`, `HOP` and `SESSION`, planned by a
-//! DataFusion [`RelationPlanner`] into ordinary logical plans that add
+//! DataFusion `RelationPlanner` into ordinary logical plans that add
 //! `window_start` and `window_end` to each row, so that everything
 //! DataFusion does with rows works on windowed rows too.
 //!
@@ -10,7 +10,7 @@
 //!   by time: a row starts a session when it is at least `gap` after the
 //!   previous row; a running sum numbers sessions; `min`/`max` of the
 //!   session give its bounds. The keys are the `GROUP BY` keys of the query
-//!   around it, added by [`add_session_keys`] before planning.
+//!   around it, added by [`prepare_query`] before planning.
 //!
 //! Rows whose time is NULL belong to no window and are left out.
 
@@ -121,7 +121,7 @@ fn read_window_args(function: &str, args: &[FunctionArg]) -> crate::Result<Windo
         "HOP" => 2,
         _ => 1,
     };
-    // SESSION may carry its partition keys after the gap (see add_session_keys).
+    // SESSION may carry its partition keys after the gap (see prepare_query).
     let too_many = function != "SESSION" && exprs.len() > 2 + intervals;
     if exprs.len() < 2 + intervals || too_many {
         return Err(wrong(&format!(
@@ -134,6 +134,10 @@ fn read_window_args(function: &str, args: &[FunctionArg]) -> crate::Result<Windo
         ast::Expr::Identifier(ident) => ident_name(ident),
         ast::Expr::CompoundIdentifier(parts) => {
             parts.iter().map(ident_name).collect::<Vec<_>>().join(".")
+        }
+        // After prepare_query: `(SELECT * FROM name)`.
+        ast::Expr::Subquery(query) => {
+            subquery_source(query).unwrap_or_else(|| "subquery".to_string())
         }
         other => {
             return Err(wrong(&format!(
@@ -187,11 +191,43 @@ fn read_window_args(function: &str, args: &[FunctionArg]) -> crate::Result<Windo
     })
 }
 
-/// Gives every `SESSION(...)` in `query` the `GROUP BY` keys of the select
-/// around it (other than the window columns), as extra arguments: sessions
-/// are kept per key.
-pub(crate) fn add_session_keys(query: &mut Query) {
+/// Readies a query's window table functions for planning:
+///
+/// - the stream a function reads becomes `(SELECT * FROM stream)`, so that
+///   DataFusion, which collects the tables a statement names before
+///   planning it, sees it;
+/// - every `SESSION(...)` gets the `GROUP BY` keys of the select around it
+///   (other than the window columns) as extra arguments: sessions are kept
+///   per key.
+pub(crate) fn prepare_query(query: &mut Query) {
     add_session_keys_to_set_expr(&mut query.body);
+}
+
+/// `name` for a subquery that is exactly `SELECT * FROM name`.
+fn subquery_source(query: &Query) -> Option<String> {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    match select.from.as_slice() {
+        [TableWithJoins {
+            relation: TableFactor::Table { name, .. },
+            joins,
+        }] if joins.is_empty() => name.0.last().and_then(|p| p.as_ident()).map(ident_name),
+        _ => None,
+    }
+}
+
+/// `(SELECT * FROM name)` for the identifier `name`.
+fn source_subquery(expr: &ast::Expr) -> Option<ast::Expr> {
+    let name = match expr {
+        ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_) => expr.to_string(),
+        _ => return None,
+    };
+    let query = Parser::new(&GenericDialect {})
+        .try_with_sql(&format!("SELECT * FROM {name}"))
+        .and_then(|mut p| p.parse_query())
+        .ok()?;
+    Some(ast::Expr::Subquery(query))
 }
 
 fn add_session_keys_to_set_expr(body: &mut SetExpr) {
@@ -209,7 +245,7 @@ fn add_session_keys_to_set_expr(body: &mut SetExpr) {
                 add_keys_to_table(table, &keys);
             }
         }
-        SetExpr::Query(query) => add_session_keys(query),
+        SetExpr::Query(query) => prepare_query(query),
         SetExpr::SetOperation { left, right, .. } => {
             add_session_keys_to_set_expr(left);
             add_session_keys_to_set_expr(right);
@@ -226,24 +262,32 @@ fn add_keys_to_table(table: &mut TableWithJoins, keys: &[ast::Expr]) {
 }
 
 fn add_keys_to_factor(factor: &mut TableFactor, keys: &[ast::Expr]) {
+    let is_window = window_function(factor).is_some();
     match factor {
         TableFactor::Table {
             name,
             args: Some(args),
             ..
-        } if name
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .is_some_and(|i| i.value.eq_ignore_ascii_case("SESSION"))
-            && args.args.len() == 3 =>
-        {
-            args.args.extend(
-                keys.iter()
-                    .map(|k| FunctionArg::Unnamed(FunctionArgExpr::Expr(k.clone()))),
-            );
+        } if is_window => {
+            if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(source))) =
+                args.args.first_mut()
+                && let Some(subquery) = source_subquery(source)
+            {
+                *source = subquery;
+            }
+            let is_session = name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("SESSION"));
+            if is_session && args.args.len() == 3 {
+                args.args.extend(
+                    keys.iter()
+                        .map(|k| FunctionArg::Unnamed(FunctionArgExpr::Expr(k.clone()))),
+                );
+            }
         }
-        TableFactor::Derived { subquery, .. } => add_session_keys(subquery),
+        TableFactor::Derived { subquery, .. } => prepare_query(subquery),
         TableFactor::NestedJoin {
             table_with_joins, ..
         } => add_keys_to_table(table_with_joins, keys),
@@ -294,15 +338,23 @@ impl RelationPlanner for WindowRelationPlanner {
         else {
             return plan_err!("not a window table function");
         };
-        let source = table_factor(ObjectName::from(match args.args.first() {
+        let source = match args.args.first() {
             Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::Identifier(i)))) => {
-                vec![i.clone()]
+                table_factor(ObjectName::from(vec![i.clone()]))
             }
             Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::CompoundIdentifier(
                 parts,
-            )))) => parts.clone(),
+            )))) => table_factor(ObjectName::from(parts.clone())),
+            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::Subquery(query)))) => {
+                TableFactor::Derived {
+                    lateral: false,
+                    subquery: query.clone(),
+                    alias: None,
+                    sample: None,
+                }
+            }
             _ => return plan_err!("{name}: the first argument must name a stream"),
-        }));
+        };
         let input = context.plan(source)?;
         let time = col(input
             .schema()

@@ -57,15 +57,14 @@ impl AsyncDB for SluiceDb {
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| SltError(e.to_string()))?;
                     for row in 0..batch.num_rows() {
-                        rows.push(
-                            formatters
-                                .iter()
-                                .map(|f| match f.value(row).to_string() {
-                                    s if s.is_empty() => "(empty)".to_string(),
-                                    s => s,
-                                })
-                                .collect(),
-                        );
+                        let cells: Vec<String> = formatters
+                            .iter()
+                            .map(|f| match f.value(row).to_string() {
+                                s if s.is_empty() => "(empty)".to_string(),
+                                s => s,
+                            })
+                            .collect();
+                        rows.extend(split_lines(cells));
                     }
                 }
                 Ok(DBOutput::Rows { types, rows })
@@ -83,6 +82,29 @@ impl AsyncDB for SluiceDb {
     async fn sleep(duration: std::time::Duration) {
         tokio::time::sleep(duration).await;
     }
+}
+
+/// A row whose cells hold several lines (an EXPLAIN plan) as one row per
+/// line, the single-line cells repeated, so .slt files can show plans.
+fn split_lines(cells: Vec<String>) -> Vec<Vec<String>> {
+    let height = cells.iter().map(|c| c.lines().count()).max().unwrap_or(1);
+    if height <= 1 {
+        return vec![cells];
+    }
+    (0..height)
+        .map(|line| {
+            cells
+                .iter()
+                .map(|cell| {
+                    if cell.lines().count() <= 1 {
+                        cell.clone()
+                    } else {
+                        cell.lines().nth(line).unwrap_or("").trim_end().to_string()
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn column_type(data_type: &DataType) -> DefaultColumnType {
