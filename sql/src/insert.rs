@@ -16,7 +16,7 @@ use datafusion::sql::sqlparser::ast::Expr;
 use sluice_storage::{ProduceRecord, Record};
 
 use crate::catalog::{Format, StreamDef, not_found};
-use crate::context::{PlannedQuery, SqlContext, create_physical_plan, from_datafusion};
+use crate::context::{SqlContext, from_datafusion};
 use crate::error::{Error, Result};
 use crate::output::{Output, QueryOutput};
 use crate::parser::StreamingQuery;
@@ -66,24 +66,19 @@ impl SqlContext {
             .join(", ");
         let mut state = self.base_state().clone();
         state.mark_start_execution();
-        let logical_plan = state
-            .create_logical_plan(&format!("VALUES {values}"))
-            .await
-            .map_err(from_datafusion)?;
-        let planned = PlannedQuery {
-            logical_plan,
-            state,
-            report: Arc::default(),
+        let evaluate = async {
+            let logical_plan = state
+                .create_logical_plan(&format!("VALUES {values}"))
+                .await?;
+            let physical = state.create_physical_plan(&logical_plan).await?;
+            datafusion::physical_plan::collect(physical, state.task_ctx()).await
         };
-        let physical = create_physical_plan(&planned).await?;
-        let batches = datafusion::physical_plan::collect(physical, planned.state.task_ctx())
-            .await
-            .map_err(|e| match from_datafusion(e) {
-                Error::InvalidInput(message) => {
-                    Error::InvalidInput(format!("INSERT INTO {stream}: {message}"))
-                }
-                other => other,
-            })?;
+        let batches = evaluate.await.map_err(|e| match from_datafusion(e) {
+            Error::InvalidInput(message) => {
+                Error::InvalidInput(format!("INSERT INTO {stream}: {message}"))
+            }
+            other => other,
+        })?;
         self.append_rows(&def, &targets, batches).await
     }
 

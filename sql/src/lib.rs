@@ -40,7 +40,9 @@ pub use parser::{
     CreateStream, Emit, EmitMode, ShowObject, Statement, StreamingQuery, WatermarkDef, WithOptions,
     ident_name, parse_sql,
 };
-pub use scan::{LogScanExec, PartitionRange, ScanContext, ScanReport, Snapshot, StreamProvider};
+pub use scan::{
+    LogScanExec, PartitionRange, ScanContext, ScanReport, Snapshot, StreamProvider, TopicOffsets,
+};
 pub use window::{
     HopStarts, WINDOW_END, WINDOW_START, WindowFunction, WindowKind, WindowRelationPlanner,
     window_function,

@@ -583,11 +583,8 @@ fn parse_create_stream(
         Some(_) => return Err(syntax("expected a query after AS", start)),
         None => None,
     };
-    if query.is_none() && columns.is_empty() {
-        return Err(Error::invalid(format!(
-            "CREATE STREAM {name} needs columns, like CREATE STREAM {name} (id BIGINT, ...), or AS SELECT ..."
-        )));
-    }
+    // Whether a stream may lack columns depends on its format (a raw
+    // stream has its `value`); the catalog decides.
     Ok(Statement::CreateStream(Box::new(CreateStream {
         name,
         if_not_exists,

@@ -49,16 +49,19 @@ const CHUNK_BYTES: usize = 16 * 1024 * 1024;
 /// Errors kept word for word per query; the rest are only counted.
 const MAX_REPORTED_ERRORS: usize = 10;
 
-/// The `(log start, end)` offsets of every partition of every topic a query
-/// reads, taken the first time the query names the topic and then fixed.
+/// `(log start, end)` offsets of each partition of a topic, by partition.
+pub type TopicOffsets = Arc<Vec<(u64, u64)>>;
+
+/// The offsets of every topic a query reads, taken the first time the
+/// query names the topic and then fixed.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    topics: Mutex<HashMap<String, Arc<Vec<(u64, u64)>>>>,
+    topics: Mutex<HashMap<String, TopicOffsets>>,
 }
 
 impl Snapshot {
     /// The offsets of `topic`, fixed at the first call.
-    pub fn offsets(&self, storage: &Storage, topic: &str) -> crate::Result<Arc<Vec<(u64, u64)>>> {
+    pub fn offsets(&self, storage: &Storage, topic: &str) -> crate::Result<TopicOffsets> {
         let mut topics = self
             .topics
             .lock()
@@ -136,7 +139,7 @@ pub struct ScanContext {
 pub struct StreamProvider {
     def: Arc<StreamDef>,
     schema: SchemaRef,
-    offsets: Arc<Vec<(u64, u64)>>,
+    offsets: TopicOffsets,
     context: ScanContext,
 }
 
@@ -518,7 +521,11 @@ impl DisplayAs for LogScanExec {
                     self.def.format.as_str(),
                     columns.join(", "),
                     ranges.join(", "),
-                    if more > 0 { format!(", {more} more") } else { String::new() },
+                    if more > 0 {
+                        format!(", {more} more")
+                    } else {
+                        String::new()
+                    },
                 )?;
                 if let Some(limit) = self.limit {
                     write!(f, ", limit={limit}")?;

@@ -209,10 +209,12 @@ fn subquery_source(query: &Query) -> Option<String> {
         return None;
     };
     match select.from.as_slice() {
-        [TableWithJoins {
-            relation: TableFactor::Table { name, .. },
-            joins,
-        }] if joins.is_empty() => name.0.last().and_then(|p| p.as_ident()).map(ident_name),
+        [
+            TableWithJoins {
+                relation: TableFactor::Table { name, .. },
+                joins,
+            },
+        ] if joins.is_empty() => name.0.last().and_then(|p| p.as_ident()).map(ident_name),
         _ => None,
     }
 }
@@ -269,8 +271,7 @@ fn add_keys_to_factor(factor: &mut TableFactor, keys: &[ast::Expr]) {
             args: Some(args),
             ..
         } if is_window => {
-            if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(source))) =
-                args.args.first_mut()
+            if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(source))) = args.args.first_mut()
                 && let Some(subquery) = source_subquery(source)
             {
                 *source = subquery;
