@@ -22,6 +22,7 @@
 //! Bounded queries run now; continuous queries (`EMIT`) are analysed and
 //! refused with a clear error until the continuous runtime lands.
 
+pub mod bench;
 mod engine;
 mod error;
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use serde_json::json;
+use sluice_engine::bench::{QueryBenchOptions, run_query_bench};
 use sluice_engine::storage::Durability;
 use sluice_engine::storage::bench::{IngestBenchOptions, run_ingest};
 
@@ -76,6 +77,72 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "baseline_records_per_s": report.baseline_records_per_s.round(),
         "ratio_to_baseline": (report.records_per_s / report.baseline_records_per_s * 1000.0).round() / 1000.0,
         "read_records_per_s": report.read_records_per_s.round(),
+    });
+    println!("{output}");
+    Ok(())
+}
+
+/// Arguments of `sluice bench query`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct QueryArgs {
+    /// Nexmark bids to load.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: usize,
+    /// Partitions of the `bids` topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Records per appended batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Directory for the bench's data (default: a temporary directory,
+    /// removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// `sluice bench query`: a bounded `count(*), max(price)` over Nexmark bids
+/// stored as JSON beside arrow-json's decode rate of the same bytes, and a
+/// `_timestamp` predicate's share of batches read.
+pub(crate) fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let temporary;
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temporary = tempfile::Builder::new()
+                .prefix("sluice-bench-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            temporary.path().to_path_buf()
+        }
+    };
+    let mut options = QueryBenchOptions::new(args.events);
+    options.partitions = args.partitions;
+    options.batch = args.batch;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime
+        .block_on(run_query_bench(&dir, &options))
+        .context("running the query bench")?;
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    let output = json!({
+        "bench": "query",
+        "query": "SELECT count(*), max(price) FROM bid",
+        "events": report.events,
+        "partitions": report.partitions,
+        "json_bytes": report.bytes,
+        "decode_limit_rows_per_s": report.decode_limit_rows_per_s.round(),
+        "wall_s": round(report.query_wall_s),
+        "cpu_s": round(report.query_cpu_s),
+        "rows_per_s": report.query_rows_per_s.round(),
+        "rows_per_cpu_s": report.query_rows_per_cpu_s.round(),
+        "fraction_of_decode_limit": round(report.fraction_of_decode_limit),
+        "count": report.count,
+        "max_price": report.max_price,
+        "recent_1pct": {
+            "rows": report.recent_rows,
+            "batches_read": report.recent_batches_read,
+            "batches_total": report.total_batches,
+            "wall_s": round(report.recent_wall_s),
+        },
     });
     println!("{output}");
     Ok(())

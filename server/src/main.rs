@@ -55,6 +55,9 @@ struct ServerArgs {
 enum BenchCommand {
     /// Append throughput of the log beside a raw-RocksDB baseline.
     Ingest(bench::IngestArgs),
+    /// A bounded query over Nexmark bids stored as JSON, beside arrow-json's
+    /// decode rate of the same bytes.
+    Query(bench::QueryArgs),
 }
 
 fn parse_durability(text: &str) -> Result<Durability, String> {
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => run_server(args),
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(args),
+        Command::Bench(BenchCommand::Query(args)) => bench::query(args),
     }
 }
 

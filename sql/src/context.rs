@@ -56,7 +56,7 @@ pub struct SqlContext {
     storage: Storage,
     catalog: Arc<Catalog>,
     dead_letters: Arc<DeadLetters>,
-    base_state: SessionState,
+    base_state: Arc<SessionState>,
 }
 
 /// A query planned over a fixed snapshot, ready to run.
@@ -90,7 +90,7 @@ impl SqlContext {
             storage,
             catalog,
             dead_letters,
-            base_state,
+            base_state: Arc::new(base_state),
         })
     }
 
@@ -129,12 +129,21 @@ impl SqlContext {
                 name,
                 if_not_exists,
                 options,
-            } => self.create_topic(&name, if_not_exists, options),
-            Statement::DropTopic { name, if_exists } => self.drop_topic(&name, if_exists),
+            } => {
+                self.blocking(move |sql| sql.create_topic(&name, if_not_exists, options))
+                    .await
+            }
+            Statement::DropTopic { name, if_exists } => {
+                self.blocking(move |sql| sql.drop_topic(&name, if_exists))
+                    .await
+            }
             Statement::CreateStream(create) => self.create_stream(*create).await,
-            Statement::DropStream { name, if_exists } => self.drop_stream(&name, if_exists, &[]),
-            Statement::Show(object) => self.show(object),
-            Statement::Describe { name } => self.describe(&name),
+            Statement::DropStream { name, if_exists } => {
+                self.blocking(move |sql| sql.drop_stream(&name, if_exists, &[]))
+                    .await
+            }
+            Statement::Show(object) => self.blocking(move |sql| sql.show(object)).await,
+            Statement::Describe { name } => self.blocking(move |sql| sql.describe(&name)).await,
             Statement::Explain(query) => self.explain(&query).await,
             Statement::StopQuery { id } => Err(Error::NotFound {
                 kind: "query",
@@ -169,6 +178,17 @@ impl SqlContext {
         }
     }
 
+    /// Runs storage work off the async runtime (RocksDB writes fsync).
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&SqlContext) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let sql = self.clone();
+        tokio::task::spawn_blocking(move || work(&sql))
+            .await
+            .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+    }
+
     /// Plans a query (its `EMIT` clause aside) over a new snapshot.
     pub async fn plan_query(&self, query: &StreamingQuery) -> Result<PlannedQuery> {
         let report = Arc::new(ScanReport::default());
@@ -201,11 +221,11 @@ impl SqlContext {
     /// Runs a bounded query to the end.
     pub async fn run_query(&self, query: &StreamingQuery) -> Result<QueryOutput> {
         let planned = self.plan_query(query).await?;
-        self.collect(planned).await
+        self.collect_planned(planned).await
     }
 
     /// Runs a planned query and gathers its result and what it met.
-    pub(crate) async fn collect(&self, planned: PlannedQuery) -> Result<QueryOutput> {
+    pub async fn collect_planned(&self, planned: PlannedQuery) -> Result<QueryOutput> {
         let physical = create_physical_plan(&planned).await?;
         let schema = physical.schema();
         let batches: Vec<RecordBatch> = collect(physical, planned.state.task_ctx())
@@ -272,7 +292,7 @@ impl SqlContext {
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog("datafusion".to_string(), Arc::new(catalog));
         Ok(
-            SessionStateBuilder::new_from_existing(self.base_state.clone())
+            SessionStateBuilder::new_from_existing(self.base_state.as_ref().clone())
                 .with_catalog_list(Arc::new(catalogs))
                 .build(),
         )

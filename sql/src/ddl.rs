@@ -168,6 +168,24 @@ impl SqlContext {
             }
         };
 
+        let def = StreamDef {
+            name: name.clone(),
+            topic: topic.clone(),
+            format,
+            value_schema: Arc::new(value_schema),
+            event_time,
+            watermark_delay_ms,
+            on_error,
+            key_column,
+        };
+        self.blocking(move |sql| sql.create_stream_storage(def, partitions))
+            .await
+    }
+
+    /// The storage side of `CREATE STREAM`: the topic when missing, then
+    /// the catalog entry.
+    fn create_stream_storage(&self, def: StreamDef, partitions: Option<u64>) -> Result<Output> {
+        let (name, topic, format) = (def.name.clone(), def.topic.clone(), def.format);
         let storage = self.storage();
         if storage.topic_exists(&topic) {
             let existing = storage.partition_count(&topic)?;
@@ -184,16 +202,6 @@ impl SqlContext {
                 .map_err(|_| Error::invalid("partitions is too large"))?;
             storage.create_topic(TopicConfig::new(topic.clone(), partitions))?;
         }
-        let def = StreamDef {
-            name: name.clone(),
-            topic: topic.clone(),
-            format,
-            value_schema: Arc::new(value_schema),
-            event_time,
-            watermark_delay_ms,
-            on_error,
-            key_column,
-        };
         self.catalog().insert(def)?;
         Ok(Output::Done(format!(
             "created stream {name} on topic {topic} (format {})",

@@ -201,31 +201,39 @@ impl TableProvider for StreamProvider {
         for filter in filters {
             bounds.narrow(filter);
         }
-        let storage = &self.context.storage;
-        let mut ranges = Vec::new();
-        for (partition, &(start, end)) in self.offsets.iter().enumerate() {
-            let partition = partition as u32;
-            if !bounds.keeps_partition(partition) {
-                continue;
+        let storage = self.context.storage.clone();
+        let offsets = self.offsets.clone();
+        let topic = self.def.topic.clone();
+        // Time index seeks are RocksDB reads: off the async runtime.
+        let ranges = tokio::task::spawn_blocking(move || {
+            let mut ranges = Vec::new();
+            for (partition, &(start, end)) in offsets.iter().enumerate() {
+                let partition = partition as u32;
+                if !bounds.keeps_partition(partition) {
+                    continue;
+                }
+                let mut start = start.max(bounds.offset_from);
+                let end = bounds.offset_until.map_or(end, |until| until.min(end));
+                if let Some(timestamp_ms) = bounds.timestamp_from_ms
+                    && start < end
+                {
+                    let from = storage
+                        .offset_for_timestamp(&topic, partition, timestamp_ms)
+                        .map_err(external)?;
+                    start = start.max(from.unwrap_or(end));
+                }
+                if start < end {
+                    ranges.push(PartitionRange {
+                        partition,
+                        start,
+                        end,
+                    });
+                }
             }
-            let mut start = start.max(bounds.offset_from);
-            let end = bounds.offset_until.map_or(end, |until| until.min(end));
-            if let Some(timestamp_ms) = bounds.timestamp_from_ms
-                && start < end
-            {
-                let from = storage
-                    .offset_for_timestamp(&self.def.topic, partition, timestamp_ms)
-                    .map_err(|e| DataFusionError::External(Box::new(Error::from(e))))?;
-                start = start.max(from.unwrap_or(end));
-            }
-            if start < end {
-                ranges.push(PartitionRange {
-                    partition,
-                    start,
-                    end,
-                });
-            }
-        }
+            Ok::<_, DataFusionError>(ranges)
+        })
+        .await
+        .map_err(|e| DataFusionError::Internal(format!("scan planning task failed: {e}")))??;
         let ranges = split_ranges(ranges, state.config().target_partitions());
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),

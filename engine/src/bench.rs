@@ -1,0 +1,277 @@
+//! The bounded-query benchmark: how close a bounded query over JSON in the
+//! log comes to the cost of decoding the same JSON from memory, and how
+//! little a `_timestamp` predicate reads.
+//!
+//! One run: generates Nexmark bids (fixed base time, so runs compare),
+//! measures arrow-json decoding them from memory on one core (the limit
+//! of any JSON-fed engine), loads them into a topic, then times
+//! `SELECT count(*), max(price) FROM bid` and a query on the newest 1% by
+//! `_timestamp`, in wall and CPU seconds.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::json::ReaderBuilder;
+use nexmark::config::NexmarkConfig;
+use nexmark::event::{Event, EventType};
+use sluice_sql::{Output, SqlOptions};
+use sluice_storage::{Durability, Record, Storage};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+
+/// Options of [`run_query_bench`].
+#[derive(Debug, Clone)]
+pub struct QueryBenchOptions {
+    /// Bids to generate and load.
+    pub events: usize,
+    /// Partitions of the `bids` topic.
+    pub partitions: u32,
+    /// Records per appended batch.
+    pub batch: usize,
+    /// DataFusion target partitions (default: cores).
+    pub target_partitions: usize,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct QueryBenchReport {
+    pub events: usize,
+    pub partitions: u32,
+    pub bytes: usize,
+    /// arrow-json decoding the bids from memory, one core.
+    pub decode_limit_rows_per_s: f64,
+    pub query_wall_s: f64,
+    pub query_cpu_s: f64,
+    pub query_rows_per_s: f64,
+    pub query_rows_per_cpu_s: f64,
+    /// `query_rows_per_cpu_s / decode_limit_rows_per_s`.
+    pub fraction_of_decode_limit: f64,
+    pub count: i64,
+    pub max_price: i64,
+    /// The newest-1% query: rows matched, batches read of all, wall time.
+    pub recent_rows: i64,
+    pub recent_batches_read: u64,
+    pub total_batches: u64,
+    pub recent_wall_s: f64,
+}
+
+const BASE_TIME_MS: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+/// Generates `events` Nexmark bids as JSON values, with their event times.
+fn generate_bids(events: usize) -> Vec<(i64, Vec<u8>)> {
+    let config = NexmarkConfig {
+        base_time: BASE_TIME_MS,
+        ..NexmarkConfig::default()
+    };
+    nexmark::EventGenerator::new(config)
+        .with_type_filter(EventType::Bid)
+        .take(events)
+        .filter_map(|event| match event {
+            Event::Bid(bid) => {
+                let value = serde_json::json!({
+                    "auction": bid.auction,
+                    "bidder": bid.bidder,
+                    "price": bid.price,
+                    "channel": bid.channel,
+                    "url": bid.url,
+                    "date_time": bid.date_time,
+                    "extra": bid.extra,
+                });
+                Some((bid.date_time as i64, value.to_string().into_bytes()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn bid_schema() -> Schema {
+    Schema::new(vec![
+        Field::new("auction", DataType::Int64, true),
+        Field::new("bidder", DataType::Int64, true),
+        Field::new("price", DataType::Int64, true),
+        Field::new("channel", DataType::Utf8, true),
+        Field::new("url", DataType::Utf8, true),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+        Field::new("extra", DataType::Utf8, true),
+    ])
+}
+
+/// Decodes every value with arrow-json on this thread; rows per second.
+fn decode_limit(bids: &[(i64, Vec<u8>)]) -> Result<f64> {
+    let schema = Arc::new(bid_schema());
+    let started = Instant::now();
+    let mut rows = 0;
+    for chunk in bids.chunks(8192) {
+        let mut decoder = ReaderBuilder::new(schema.clone())
+            .with_batch_size(chunk.len() + 1)
+            .build_decoder()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        for (_, value) in chunk {
+            decoder
+                .decode(value)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        }
+        if let Some(batch) = decoder
+            .flush()
+            .map_err(|e| Error::Internal(e.to_string()))?
+        {
+            rows += batch.num_rows();
+        }
+    }
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+/// CPU seconds used by this process so far.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0;
+    if !ok {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn single_i64(output: &Output, column: usize) -> Result<i64> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    let Output::Rows(rows) = output else {
+        return Err(Error::Internal("the bench query returned no rows".into()));
+    };
+    let batch = rows
+        .batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .ok_or_else(|| Error::Internal("empty bench result".into()))?;
+    let array = batch
+        .column(column)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| Error::Internal("bench result is not BIGINT".into()))?;
+    Ok(array.value(0))
+}
+
+/// Runs the bench in `dir` (which should be empty).
+pub async fn run_query_bench(
+    dir: &std::path::Path,
+    options: &QueryBenchOptions,
+) -> Result<QueryBenchReport> {
+    let bids = generate_bids(options.events);
+    let bytes: usize = bids.iter().map(|(_, v)| v.len()).sum();
+    let decode_limit_rows_per_s = decode_limit(&bids)?;
+
+    let engine = Engine::builder(dir)
+        .durability(Durability::Os)
+        .target_partitions(options.target_partitions)
+        .open()
+        .await?;
+    engine
+        .execute(&format!(
+            "CREATE STREAM bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, \
+             url VARCHAR, date_time TIMESTAMP, extra VARCHAR, \
+             WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
+             WITH (topic = 'bids', format = 'json', partitions = {})",
+            options.partitions
+        ))
+        .await?;
+    let storage: Storage = engine.storage().clone();
+    let partitions = options.partitions.max(1);
+    let batch = options.batch.max(1);
+    let mut total_batches = 0u64;
+    let load = {
+        let storage = storage.clone();
+        move || -> sluice_storage::Result<u64> {
+            let mut batches = 0;
+            for (n, chunk) in bids.chunks(batch).enumerate() {
+                let records: Vec<Record> = chunk
+                    .iter()
+                    .map(|(time, value)| Record::new(value.clone()).with_timestamp(*time))
+                    .collect();
+                storage.append_blocking("bids", n as u32 % partitions, &records)?;
+                batches += 1;
+            }
+            Ok(batches)
+        }
+    };
+    total_batches += tokio::task::spawn_blocking(load)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+
+    let cpu_before = process_cpu_s();
+    let started = Instant::now();
+    let output = engine
+        .execute("SELECT count(*), max(price) FROM bid")
+        .await?
+        .remove(0);
+    let query_wall_s = started.elapsed().as_secs_f64();
+    let query_cpu_s = process_cpu_s() - cpu_before;
+    let count = single_i64(&output, 0)?;
+    let max_price = single_i64(&output, 1)?;
+
+    // The newest 1% by record timestamp.
+    let newest = engine
+        .query("SELECT max(_timestamp) - (max(_timestamp) - min(_timestamp)) / 100 FROM bid")
+        .await?;
+    let threshold = {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::TimestampMillisecondType;
+        newest
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| b.column(0).as_primitive_opt::<TimestampMillisecondType>())
+            .map(|a| a.value(0))
+            .ok_or_else(|| Error::Internal("no timestamp range".into()))?
+    };
+    let sql = engine.sql().clone();
+    let query = sluice_sql::parse_sql(&format!(
+        "SELECT count(*) FROM bid WHERE _timestamp >= arrow_cast({threshold}, 'Timestamp(ms)')"
+    ))?
+    .remove(0);
+    let sluice_sql::Statement::Query(query) = query else {
+        return Err(Error::Internal("not a query".into()));
+    };
+    let started = Instant::now();
+    let planned = sql.plan_query(&query).await?;
+    let report = planned.report.clone();
+    let recent = sql.collect_planned(planned).await?;
+    let recent_wall_s = started.elapsed().as_secs_f64();
+    let recent_rows = single_i64(&Output::Rows(recent), 0)?;
+    engine.shutdown().await?;
+
+    let query_rows_per_cpu_s = count as f64 / query_cpu_s.max(1e-9);
+    Ok(QueryBenchReport {
+        events: options.events,
+        partitions,
+        bytes,
+        decode_limit_rows_per_s,
+        query_wall_s,
+        query_cpu_s,
+        query_rows_per_s: count as f64 / query_wall_s.max(1e-9),
+        query_rows_per_cpu_s,
+        fraction_of_decode_limit: query_rows_per_cpu_s / decode_limit_rows_per_s,
+        count,
+        max_price,
+        recent_rows,
+        recent_batches_read: report.batches_read(),
+        total_batches,
+        recent_wall_s,
+    })
+}
+
+impl QueryBenchOptions {
+    /// Defaults: 2M bids, 4 partitions, 1000 per batch, all cores.
+    pub fn new(events: usize) -> Self {
+        QueryBenchOptions {
+            events,
+            partitions: 4,
+            batch: 1000,
+            target_partitions: SqlOptions::default().target_partitions,
+        }
+    }
+}
