@@ -215,19 +215,29 @@ pub async fn run_query_bench(
     let max_price = single_i64(&output, 1)?;
 
     // The newest 1% by record timestamp.
-    let newest = engine
-        .query("SELECT max(_timestamp) - (max(_timestamp) - min(_timestamp)) / 100 FROM bid")
+    let range = engine
+        .query(
+            "SELECT arrow_cast(min(_timestamp), 'Int64'), arrow_cast(max(_timestamp), 'Int64') \
+             FROM bid",
+        )
         .await?;
-    let threshold = {
+    let (first_ms, last_ms) = {
         use datafusion::arrow::array::AsArray;
-        use datafusion::arrow::datatypes::TimestampMillisecondType;
-        newest
+        use datafusion::arrow::datatypes::Int64Type;
+        let batch = range
             .iter()
             .find(|b| b.num_rows() > 0)
-            .and_then(|b| b.column(0).as_primitive_opt::<TimestampMillisecondType>())
-            .map(|a| a.value(0))
-            .ok_or_else(|| Error::Internal("no timestamp range".into()))?
+            .ok_or_else(|| Error::Internal("no timestamp range".into()))?;
+        let column = |i: usize| {
+            batch
+                .column(i)
+                .as_primitive_opt::<Int64Type>()
+                .map(|a| a.value(0))
+                .ok_or_else(|| Error::Internal("timestamp range is not BIGINT".into()))
+        };
+        (column(0)?, column(1)?)
     };
+    let threshold = last_ms - (last_ms - first_ms) / 100;
     let sql = engine.sql().clone();
     let query = sluice_sql::parse_sql(&format!(
         "SELECT count(*) FROM bid WHERE _timestamp >= arrow_cast({threshold}, 'Timestamp(ms)')"

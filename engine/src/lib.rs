@@ -26,6 +26,8 @@ pub mod bench;
 mod engine;
 mod error;
 
+/// The arrow that Sluice uses (DataFusion's), so embedders need no other.
+pub use datafusion::arrow;
 pub use datafusion::arrow::record_batch::RecordBatch;
 pub use engine::{Engine, EngineBuilder, Producer};
 pub use error::{Error, Result};
