@@ -10,11 +10,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use futures::StreamExt;
 use serde::Deserialize;
+use sluice_engine::Engine;
 use sluice_engine::storage::{
     self, CleanupPolicy, Fetch, ProduceRecord, ReadLimits, Record, Storage, TopicConfig,
     TopicSettings,
@@ -24,18 +25,27 @@ use crate::wire;
 
 #[derive(Clone)]
 struct AppState {
+    engine: Engine,
     storage: Storage,
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Serves the API on `listen` until SIGINT or SIGTERM.
 pub(crate) async fn serve(
-    storage: Storage,
+    engine: Engine,
     listen: SocketAddr,
     max_body_bytes: usize,
 ) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
-    let app = router(AppState { storage, shutdown }, max_body_bytes);
+    let storage = engine.storage().clone();
+    let app = router(
+        AppState {
+            engine,
+            storage,
+            shutdown,
+        },
+        max_body_bytes,
+    );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "serving HTTP");
     axum::serve(listener, app)
@@ -72,6 +82,7 @@ async fn shutdown_signal() {
 fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/sql", post(run_sql))
         .route("/v1/topics", get(list_topics).post(create_topic))
         .route("/v1/topics/{topic}", get(get_topic).delete(delete_topic))
         .route(
@@ -152,6 +163,27 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+impl From<sluice_engine::Error> for ApiError {
+    fn from(error: sluice_engine::Error) -> Self {
+        use sluice_engine::Error as E;
+        let (status, code) = match &error {
+            E::Sql { .. } => (StatusCode::BAD_REQUEST, "sql_syntax"),
+            E::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+            E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            E::Unsupported(_) => (StatusCode::BAD_REQUEST, "unsupported"),
+            E::Storage(_) | E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::error!(%error, "statement failed");
+        }
+        ApiError {
+            status,
+            code,
+            message: error.to_string(),
+        }
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs blocking storage work off the async workers.
@@ -186,6 +218,25 @@ async fn health() -> Json<wire::Health> {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
     })
+}
+
+/// `POST /v1/sql`: runs one or more statements; answers one result each.
+async fn run_sql(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<wire::SqlResults>> {
+    let request: wire::SqlRequest = parse_json(&body?)?;
+    let outputs = state.engine.execute(&request.sql).await?;
+    let results = outputs
+        .into_iter()
+        .map(wire::sql_result)
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|message| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message,
+        })?;
+    Ok(Json(wire::SqlResults { results }))
 }
 
 async fn list_topics(State(state): State<AppState>) -> ApiResult<Json<wire::TopicList>> {

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sluice_engine::storage::{Durability, Storage, StorageOptions};
+use sluice_engine::Engine;
+use sluice_engine::storage::Durability;
 
 /// Sluice: a streaming database. A durable, partitioned log of topics on
 /// RocksDB, and (soon) continuous SQL over it.
@@ -89,17 +90,23 @@ fn init_logging(json: bool) {
 
 fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
-    let options = StorageOptions::default().with_durability(args.durability);
-    let storage = Storage::open(&args.data_dir, options)
-        .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
-    tracing::info!(data_dir = %args.data_dir.display(), durability = args.durability.as_str(), "storage open");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let engine = runtime
+        .block_on(
+            Engine::builder(&args.data_dir)
+                .durability(args.durability)
+                .open(),
+        )
+        .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
+    tracing::info!(data_dir = %args.data_dir.display(), durability = args.durability.as_str(), "engine open");
     let result = runtime.block_on(http::serve(
-        storage.clone(),
+        engine.clone(),
         args.listen,
         args.max_body_bytes,
     ));
-    storage.close().context("closing storage")?;
+    runtime
+        .block_on(engine.shutdown())
+        .context("closing storage")?;
     tracing::info!("storage closed; bye");
     result
 }

@@ -2,7 +2,83 @@
 //! converted here, never serialized directly.
 
 use serde::{Deserialize, Serialize};
+use sluice_engine::arrow::array::RecordBatch;
+use sluice_engine::arrow::datatypes::{Field, Schema};
+use sluice_engine::arrow::json::writer::LineDelimited;
 use sluice_engine::storage::{TopicDescription, TopicSettings};
+use sluice_engine::{Output, QueryOutput};
+
+/// `POST /v1/sql` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SqlRequest {
+    pub(crate) sql: String,
+}
+
+/// `POST /v1/sql` answer.
+#[derive(Debug, Serialize)]
+pub(crate) struct SqlResults {
+    pub(crate) results: Vec<serde_json::Value>,
+}
+
+/// One statement's answer: `{"columns","rows",...}` for rows,
+/// `{"status":"ok","message"}` otherwise.
+pub(crate) fn sql_result(output: Output) -> Result<serde_json::Value, String> {
+    match output {
+        Output::Done(message) => Ok(serde_json::json!({"status": "ok", "message": message})),
+        Output::Rows(rows) => rows_json(rows),
+    }
+}
+
+fn rows_json(output: QueryOutput) -> Result<serde_json::Value, String> {
+    let columns: Vec<serde_json::Value> = output
+        .schema
+        .fields()
+        .iter()
+        .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
+        .collect();
+    let mut rows: Vec<Vec<serde_json::Value>> = Vec::with_capacity(output.row_count());
+    for batch in &output.batches {
+        let start = rows.len();
+        rows.extend((0..batch.num_rows()).map(|_| Vec::with_capacity(columns.len())));
+        // One column at a time under a fixed name: arrow's JSON writer keys
+        // rows by column name, and result columns may share a name.
+        for column in batch.columns() {
+            let field = Field::new("v", column.data_type().clone(), true);
+            let single = RecordBatch::try_new(
+                std::sync::Arc::new(Schema::new(vec![field])),
+                vec![column.clone()],
+            )
+            .map_err(|e| e.to_string())?;
+            let mut buffer = Vec::new();
+            {
+                let mut writer = sluice_engine::arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, LineDelimited>(&mut buffer);
+                writer.write(&single).map_err(|e| e.to_string())?;
+                writer.finish().map_err(|e| e.to_string())?;
+            }
+            for (row, line) in buffer
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .enumerate()
+            {
+                let mut object: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(line).map_err(|e| e.to_string())?;
+                rows[start + row].push(object.remove("v").unwrap_or(serde_json::Value::Null));
+            }
+        }
+    }
+    let mut answer = serde_json::json!({"columns": columns, "rows": rows});
+    if let Some(message) = output.message {
+        answer["message"] = message.into();
+    }
+    if output.decode_errors > 0 {
+        answer["decode_errors"] = output.decode_errors.into();
+        answer["warnings"] = output.warnings.into();
+    }
+    Ok(answer)
+}
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Health {

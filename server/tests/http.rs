@@ -25,6 +25,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start sluice server");
@@ -86,6 +87,14 @@ impl Server {
         assert!(status.success());
         let exit = self.child.wait().expect("wait");
         assert!(exit.success(), "server exited with {exit}");
+    }
+}
+
+impl Drop for Server {
+    // A failed test must not leave its server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -284,5 +293,72 @@ fn topics_and_records_over_http_survive_a_restart() {
         (status, json(&body)["topics"].as_array().map(Vec::len)),
         (200, Some(0))
     );
+    server.stop();
+}
+
+#[test]
+fn sql_over_http_answers_rows_messages_and_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let sql = |text: &str| server.post("/v1/sql", &serde_json::json!({ "sql": text }).to_string());
+
+    let (status, body) = sql(
+        "CREATE STREAM bid (auction BIGINT, price BIGINT, date_time TIMESTAMP) \
+         WITH (topic = 'bids', partitions = 2); \
+         INSERT INTO bid VALUES (1, 10, '2026-01-01T00:00:00Z'), (2, 20, '2026-01-01T00:00:11Z');",
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer = json(&body);
+    assert_eq!(answer["results"][0]["status"], "ok");
+    assert_eq!(
+        answer["results"][1]["rows"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let (status, body) = sql("SELECT window_start, count(*) AS n, max(price) AS top \
+         FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY window_start ORDER BY 1");
+    assert_eq!(status, 200, "{body}");
+    let result = &json(&body)["results"][0];
+    assert_eq!(result["columns"][1]["name"], "n");
+    assert_eq!(
+        result["rows"],
+        serde_json::json!([
+            ["2026-01-01T00:00:00", 1, 10],
+            ["2026-01-01T00:00:10", 1, 20]
+        ])
+    );
+
+    // A record that does not decode is reported with the answer.
+    let (status, body) = server.post(
+        "/v1/topics/bids/records",
+        r#"{"records":[{"value":"{oops"}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = sql("SELECT count(price) FROM bid");
+    assert_eq!(status, 200, "{body}");
+    let result = &json(&body)["results"][0];
+    assert_eq!(result["decode_errors"], 1);
+    assert_eq!(result["rows"], serde_json::json!([[2]]));
+
+    for (text, status, code) in [
+        ("SELEKT 1", 400, "unsupported"),
+        ("SELECT * FROM nope", 404, "not_found"),
+        (
+            "SELECT auction FROM bid EMIT ON WINDOW CLOSE",
+            400,
+            "unsupported",
+        ),
+        ("INSERT INTO bid VALUES ('x', 1, 2)", 400, "invalid_input"),
+        ("SELECT * FROM bid WHERE (", 400, "sql_syntax"),
+    ] {
+        let (got, body) = sql(text);
+        assert_eq!(
+            (got, error_code(&body)),
+            (status, code.to_string()),
+            "{text}: {body}"
+        );
+    }
+    let (status, body) = server.post("/v1/sql", r#"{"query": "SELECT 1"}"#);
+    assert_eq!((status, error_code(&body)), (400, "bad_request".into()));
     server.stop();
 }

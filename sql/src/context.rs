@@ -178,6 +178,31 @@ impl SqlContext {
         }
     }
 
+    /// DataFusion's "table '...' not found" as our unknown-stream error,
+    /// with a suggestion when a stream's name is close.
+    fn unknown_table(&self, error: Error) -> Error {
+        let Error::InvalidInput(message) = &error else {
+            return error;
+        };
+        let Some(rest) = message.split("table '").nth(1) else {
+            return error;
+        };
+        let Some((name, tail)) = rest.split_once('\'') else {
+            return error;
+        };
+        if tail.trim() != "not found" {
+            return error;
+        }
+        let name = name.rsplit('.').next().unwrap_or(name);
+        let known: Vec<String> = self
+            .catalog
+            .streams()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        crate::catalog::not_found("stream", name, &known)
+    }
+
     /// Runs storage work off the async runtime (RocksDB writes fsync).
     pub(crate) async fn blocking<T: Send + 'static>(
         &self,
@@ -203,7 +228,7 @@ impl SqlContext {
         let logical_plan = state
             .statement_to_plan(statement)
             .await
-            .map_err(from_datafusion)?;
+            .map_err(|e| self.unknown_table(from_datafusion(e)))?;
         Ok(PlannedQuery {
             logical_plan,
             state,

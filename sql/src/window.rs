@@ -389,13 +389,17 @@ impl RelationPlanner for WindowRelationPlanner {
         let builder = LogicalPlanBuilder::from(input).filter(time.clone().is_not_null())?;
         let plan = match window.kind {
             WindowKind::Tumble { size_ms } => {
-                let start = datafusion::functions::expr_fn::date_bin(
-                    interval_ms(size_ms),
-                    time_ms,
-                    lit(ScalarValue::TimestampMillisecond(
-                        Some(0),
-                        time_zone.clone(),
-                    )),
+                // date_bin answers in nanoseconds; windows are in the log's ms.
+                let start = cast(
+                    datafusion::functions::expr_fn::date_bin(
+                        interval_ms(size_ms),
+                        time_ms,
+                        lit(ScalarValue::TimestampMillisecond(
+                            Some(0),
+                            time_zone.clone(),
+                        )),
+                    ),
+                    window_type.clone(),
                 );
                 let mut exprs = columns;
                 exprs.push(start.clone().alias(WINDOW_START));
