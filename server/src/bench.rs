@@ -94,6 +94,10 @@ pub(crate) struct QueryArgs {
     /// Records per appended batch.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Threads the query uses (DataFusion's target partitions; default:
+    /// the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Directory for the bench's data (default: a temporary directory,
     /// removed afterwards).
     #[arg(long)]
@@ -118,6 +122,9 @@ pub(crate) fn query(args: QueryArgs) -> anyhow::Result<()> {
     let mut options = QueryBenchOptions::new(args.events);
     options.partitions = args.partitions;
     options.batch = args.batch;
+    if let Some(threads) = args.threads {
+        options.target_partitions = threads.max(1);
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
         .block_on(run_query_bench(&dir, &options))
@@ -130,11 +137,16 @@ pub(crate) fn query(args: QueryArgs) -> anyhow::Result<()> {
         "partitions": report.partitions,
         "json_bytes": report.bytes,
         "decode_limit_rows_per_s": report.decode_limit_rows_per_s.round(),
+        "decode_limit_parallel_rows_per_cpu_s": report.decode_limit_parallel_rows_per_cpu_s.round(),
+        "threads": options.target_partitions,
         "wall_s": round(report.query_wall_s),
         "cpu_s": round(report.query_cpu_s),
+        "scan_read_s": round(report.read_s),
+        "scan_decode_s": round(report.decode_s),
         "rows_per_s": report.query_rows_per_s.round(),
         "rows_per_cpu_s": report.query_rows_per_cpu_s.round(),
         "fraction_of_decode_limit": round(report.fraction_of_decode_limit),
+        "fraction_of_parallel_decode_limit": round(report.fraction_of_parallel_decode_limit),
         "count": report.count,
         "max_price": report.max_price,
         "recent_1pct": {

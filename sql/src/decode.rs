@@ -20,6 +20,10 @@ use datafusion::arrow::json;
 use crate::catalog::{Format, StreamDef};
 use crate::error::{Error, Result};
 
+/// Rows the reused JSON decoder takes per chunk; bigger chunks get a
+/// decoder of their own.
+const FAST_PATH_ROWS: usize = 16 * 1024;
+
 /// The rows decoded from a chunk of values, and the values that failed.
 #[derive(Debug)]
 pub(crate) struct Decoded {
@@ -30,8 +34,10 @@ pub(crate) struct Decoded {
 }
 
 /// Decodes values of one stream into its projected value columns.
-#[derive(Debug)]
 pub(crate) struct ValueDecoder {
+    /// The fast path's JSON decoder, kept across chunks so its buffers are
+    /// allocated once; dropped after an error (its state is then unknown).
+    json: Option<json::reader::Decoder>,
     format: Format,
     /// The stream's value columns (all of them, for CSV's positions).
     full_schema: SchemaRef,
@@ -39,6 +45,15 @@ pub(crate) struct ValueDecoder {
     projection: Vec<usize>,
     /// The schema of the decoded batches.
     schema: SchemaRef,
+}
+
+impl std::fmt::Debug for ValueDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueDecoder")
+            .field("format", &self.format)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ValueDecoder {
@@ -51,6 +66,7 @@ impl ValueDecoder {
                 .map_err(|e| Error::Internal(format!("bad projection: {e}")))?,
         );
         Ok(ValueDecoder {
+            json: None,
             format: def.format,
             full_schema,
             projection,
@@ -59,7 +75,7 @@ impl ValueDecoder {
     }
 
     /// Decodes a chunk of values.
-    pub(crate) fn decode(&self, values: &[&[u8]]) -> Result<Decoded> {
+    pub(crate) fn decode(&mut self, values: &[&[u8]]) -> Result<Decoded> {
         if values.is_empty() {
             return Ok(Decoded {
                 batch: RecordBatch::new_empty(self.schema.clone()),
@@ -90,9 +106,19 @@ impl ValueDecoder {
     }
 
     /// The fast path: the whole chunk at once, `None` if any value is bad.
-    fn decode_all(&self, values: &[&[u8]]) -> Option<RecordBatch> {
+    fn decode_all(&mut self, values: &[&[u8]]) -> Option<RecordBatch> {
         let batch = match self.format {
-            Format::Json => self.decode_json(values).ok()?,
+            Format::Json if values.len() >= FAST_PATH_ROWS => self.decode_json(values).ok()?,
+            Format::Json => {
+                let mut decoder = match self.json.take() {
+                    Some(decoder) => decoder,
+                    None => self.json_decoder(FAST_PATH_ROWS).ok()?,
+                };
+                // On error the decoder is dropped with its unknown state.
+                let batch = Self::feed_json(&mut decoder, &self.schema, values).ok()?;
+                self.json = Some(decoder);
+                batch
+            }
             Format::Csv => self.decode_csv(values).ok()?,
             Format::Raw => self.decode_raw(values).ok()?,
         };
@@ -117,10 +143,24 @@ impl ValueDecoder {
         }
     }
 
+    fn json_decoder(&self, rows: usize) -> std::result::Result<json::reader::Decoder, ArrowError> {
+        json::ReaderBuilder::new(self.schema.clone())
+            .with_batch_size(rows)
+            .build_decoder()
+    }
+
     fn decode_json(&self, values: &[&[u8]]) -> std::result::Result<RecordBatch, ArrowError> {
-        let mut decoder = json::ReaderBuilder::new(self.schema.clone())
-            .with_batch_size(values.len() + 1)
-            .build_decoder()?;
+        let mut decoder = self.json_decoder(values.len() + 1)?;
+        Self::feed_json(&mut decoder, &self.schema, values)
+    }
+
+    /// Feeds each value to `decoder`, checking that each is exactly one
+    /// JSON value, and flushes.
+    fn feed_json(
+        decoder: &mut json::reader::Decoder,
+        schema: &SchemaRef,
+        values: &[&[u8]],
+    ) -> std::result::Result<RecordBatch, ArrowError> {
         for value in values {
             let before = decoder.len();
             let read = decoder.decode(value)?;
@@ -134,12 +174,10 @@ impl ValueDecoder {
             }
         }
         match decoder.flush()? {
-            Some(batch) if self.schema.fields().is_empty() => {
-                empty_columns(&self.schema, batch.num_rows())
-                    .map_err(|e| ArrowError::JsonError(e.to_string()))
-            }
+            Some(batch) if schema.fields().is_empty() => empty_columns(schema, batch.num_rows())
+                .map_err(|e| ArrowError::JsonError(e.to_string())),
             Some(batch) => Ok(batch),
-            None => Ok(RecordBatch::new_empty(self.schema.clone())),
+            None => Ok(RecordBatch::new_empty(schema.clone())),
         }
     }
 
