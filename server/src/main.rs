@@ -6,6 +6,13 @@ mod bench;
 mod http;
 mod wire;
 
+// mimalloc, as DataFusion's own CLI uses: scans allocate and free a
+// batch-sized buffer per stored batch, and glibc's malloc maps and unmaps
+// those (page faults each time); measured, the read side of a bounded query
+// cost about 40% more CPU with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
