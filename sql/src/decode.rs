@@ -47,6 +47,40 @@ pub(crate) struct ValueDecoder {
     schema: SchemaRef,
 }
 
+/// JSON values fed one at a time straight from the log (no copy), decoded
+/// together at [`ValueDecoder::finish_feed`]. Any value that is not exactly
+/// one JSON value marks the feed failed; the caller then re-reads the
+/// chunk and takes the record-by-record path.
+pub(crate) struct JsonFeed {
+    decoder: Option<json::reader::Decoder>,
+    rows: usize,
+    failed: bool,
+}
+
+impl JsonFeed {
+    /// Feeds one value.
+    pub(crate) fn push(&mut self, value: &[u8]) {
+        if self.failed {
+            return;
+        }
+        let Some(decoder) = &mut self.decoder else {
+            self.failed = true;
+            return;
+        };
+        let before = decoder.len();
+        match decoder.decode(value) {
+            Ok(read)
+                if read == value.len()
+                    && !decoder.has_partial_record()
+                    && decoder.len() == before + 1 =>
+            {
+                self.rows += 1;
+            }
+            _ => self.failed = true,
+        }
+    }
+}
+
 impl std::fmt::Debug for ValueDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ValueDecoder")
@@ -72,6 +106,43 @@ impl ValueDecoder {
             projection,
             schema,
         })
+    }
+
+    /// True when values can be fed one at a time ([`ValueDecoder::json_feed`]).
+    pub(crate) fn can_feed(&self) -> bool {
+        self.format == Format::Json
+    }
+
+    /// Starts feeding a chunk of JSON values.
+    pub(crate) fn json_feed(&mut self) -> JsonFeed {
+        let decoder = match self.json.take() {
+            Some(decoder) => Some(decoder),
+            None => self.json_decoder(FAST_PATH_ROWS).ok(),
+        };
+        JsonFeed {
+            decoder,
+            rows: 0,
+            failed: false,
+        }
+    }
+
+    /// The rows of a fed chunk; `None` if any value was bad (or the chunk
+    /// outgrew the decoder), for the caller to take the slow path.
+    pub(crate) fn finish_feed(&mut self, feed: JsonFeed) -> Option<RecordBatch> {
+        if feed.failed || feed.rows >= FAST_PATH_ROWS {
+            return None;
+        }
+        let mut decoder = feed.decoder?;
+        let batch = match decoder.flush() {
+            Ok(Some(batch)) if batch.num_rows() == feed.rows => batch,
+            Ok(None) if feed.rows == 0 => RecordBatch::new_empty(self.schema.clone()),
+            _ => return None,
+        };
+        self.json = Some(decoder);
+        if self.schema.fields().is_empty() {
+            return empty_columns(&self.schema, feed.rows).ok();
+        }
+        Some(batch)
     }
 
     /// Decodes a chunk of values.

@@ -726,26 +726,138 @@ impl RangeReader {
     }
 
     /// Reads and decodes one chunk; `None` when the range is done.
+    ///
+    /// JSON values are fed to the decoder straight from RocksDB's blocks
+    /// ([`Storage::scan`]); a chunk with a bad value is read again, copied,
+    /// to find which records are bad.
     fn read_chunk(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        if !self.decoder.can_feed() {
+            return self.read_chunk_copying(self.range.end);
+        }
+        let topic = self.def.topic.clone();
+        let partition = self.range.partition;
+        let chunk_start = self.next_offset;
+        let limits = ReadLimits::records(CHUNK_RECORDS)
+            .with_max_bytes(CHUNK_BYTES)
+            .until(self.range.end);
+        let want_keys = self.sources.iter().any(|s| matches!(s, Source::Key));
+        let mut offsets: Vec<i64> = Vec::with_capacity(CHUNK_RECORDS);
+        let mut timestamps: Vec<i64> = Vec::with_capacity(CHUNK_RECORDS);
+        let mut keys: Vec<Option<Vec<u8>>> = Vec::new();
+        let mut columnar_at = None;
+        let mut feed = self.decoder.json_feed();
+        let mut inside_nanos = 0u64;
+        let started = thread_cpu_nanos();
+        let scanned = self
+            .context
+            .storage
+            .scan(&topic, partition, chunk_start, limits, |batch| {
+                let entered = thread_cpu_nanos();
+                if batch.kind() != PayloadKind::Rows {
+                    columnar_at.get_or_insert(batch.offsets().start);
+                    return Ok(());
+                }
+                for record in batch.records()? {
+                    let record = record?;
+                    offsets.push(record.offset as i64);
+                    timestamps.push(record.timestamp_ms);
+                    if want_keys {
+                        keys.push(record.key.map(<[u8]>::to_vec));
+                    }
+                    feed.push(record.value);
+                }
+                inside_nanos += thread_cpu_nanos().saturating_sub(entered);
+                Ok(())
+            });
+        let scanned = match scanned {
+            Ok(scanned) => scanned,
+            Err(sluice_storage::Error::OffsetOutOfRange { .. }) => {
+                return self.skip_deleted(chunk_start).map(|()| None);
+            }
+            Err(e) => return Err(external(e)),
+        };
+        if let Some(offset) = columnar_at {
+            return Err(external(Error::Unsupported(format!(
+                "topic {topic} partition {partition} offset {offset}: a columnar batch in the row stream {}",
+                self.def.name
+            ))));
+        }
+        if scanned.batch_count == 0 {
+            self.next_offset = self.range.end;
+            return Ok(None);
+        }
+        let report = self.context.report.clone();
+        let decode_started = thread_cpu_nanos();
+        // Time inside the visitor is framing and feeding the decoder:
+        // decode work; the rest of the scan is RocksDB's.
+        report.read_nanos.fetch_add(
+            decode_started
+                .saturating_sub(started)
+                .saturating_sub(inside_nanos),
+            Ordering::Relaxed,
+        );
+        report
+            .records_read
+            .fetch_add(scanned.record_count as u64, Ordering::Relaxed);
+        report
+            .batches_read
+            .fetch_add(scanned.batch_count as u64, Ordering::Relaxed);
+        let Some(decoded) = self.decoder.finish_feed(feed) else {
+            // A bad value somewhere: read the same records again, copied,
+            // and decode them one by one. Counted once.
+            report
+                .records_read
+                .fetch_sub(scanned.record_count as u64, Ordering::Relaxed);
+            report
+                .batches_read
+                .fetch_sub(scanned.batch_count as u64, Ordering::Relaxed);
+            self.next_offset = chunk_start;
+            return self.read_chunk_copying(scanned.next_offset);
+        };
+        self.next_offset = scanned.next_offset.min(self.range.end);
+        let keys: Vec<Option<&[u8]>> = keys.iter().map(|k| k.as_deref()).collect();
+        let batch = self.assemble(&decoded, None, &keys, &offsets, &timestamps)?;
+        report.decode_nanos.fetch_add(
+            inside_nanos + thread_cpu_nanos().saturating_sub(decode_started),
+            Ordering::Relaxed,
+        );
+        Ok(Some(batch))
+    }
+
+    /// Retention removed the start of the range while the query ran: those
+    /// records are gone; go on from the new log start.
+    fn skip_deleted(&mut self, from: u64) -> datafusion::common::Result<()> {
+        let (log_start, _) = self
+            .context
+            .storage
+            .offsets(&self.def.topic, self.range.partition)
+            .map_err(external)?;
+        self.next_offset = if log_start > from {
+            log_start
+        } else {
+            self.range.end
+        };
+        Ok(())
+    }
+
+    /// Reads a chunk (up to `until`) as copies and decodes it record by
+    /// record where needed: the path for CSV, raw, and chunks with bad values.
+    fn read_chunk_copying(
+        &mut self,
+        until: u64,
+    ) -> datafusion::common::Result<Option<RecordBatch>> {
         let storage = &self.context.storage;
         let topic = &self.def.topic;
         let partition = self.range.partition;
         let limits = ReadLimits::records(CHUNK_RECORDS)
             .with_max_bytes(CHUNK_BYTES)
-            .until(self.range.end);
+            .until(until.min(self.range.end));
         let read_started = thread_cpu_nanos();
         let fetch = match storage.read(topic, partition, self.next_offset, limits) {
             Ok(fetch) => fetch,
-            // Retention removed the start of the range while the query ran:
-            // those records are gone; read from the new log start.
             Err(sluice_storage::Error::OffsetOutOfRange { .. }) => {
-                let (log_start, _) = storage.offsets(topic, partition).map_err(external)?;
-                if log_start > self.next_offset {
-                    self.next_offset = log_start;
-                    return Ok(None);
-                }
-                self.next_offset = self.range.end;
-                return Ok(None);
+                let from = self.next_offset;
+                return self.skip_deleted(from).map(|()| None);
             }
             Err(e) => return Err(external(e)),
         };
@@ -796,14 +908,40 @@ impl RangeReader {
             let bad: BTreeSet<usize> = decoded.bad.iter().map(|(i, _)| *i).collect();
             Some((0..values.len()).filter(|i| !bad.contains(i)).collect())
         };
-        let rows = decoded.batch.num_rows();
-        let pick = |i: usize| good.as_ref().map_or(i, |g| g[i]);
+        let keys: Vec<Option<&[u8]>> = keys;
+        let batch = self.assemble(
+            &decoded.batch,
+            good.as_deref(),
+            &keys,
+            &offsets,
+            &timestamps,
+        )?;
+        report.decode_nanos.fetch_add(
+            thread_cpu_nanos().saturating_sub(decode_started),
+            Ordering::Relaxed,
+        );
+        Ok(Some(batch))
+    }
+
+    /// The output batch: decoded value columns and metadata columns of the
+    /// good records (`good` indexes them, `None` when all are good).
+    fn assemble(
+        &self,
+        decoded: &RecordBatch,
+        good: Option<&[usize]>,
+        keys: &[Option<&[u8]>],
+        offsets: &[i64],
+        timestamps: &[i64],
+    ) -> datafusion::common::Result<RecordBatch> {
+        let rows = decoded.num_rows();
+        let partition = self.range.partition;
+        let pick = |i: usize| good.map_or(i, |g| g[i]);
         let columns: Vec<ArrayRef> = self
             .sources
             .iter()
             .map(|source| -> ArrayRef {
                 match source {
-                    Source::Value(position) => decoded.batch.column(*position).clone(),
+                    Source::Value(position) => decoded.column(*position).clone(),
                     Source::Key => {
                         Arc::new(StringArray::from_iter((0..rows).map(|i| {
                             keys[pick(i)].map(|k| String::from_utf8_lossy(k).into_owned())
@@ -819,16 +957,11 @@ impl RangeReader {
                 }
             })
             .collect();
-        let batch = RecordBatch::try_new_with_options(
+        Ok(RecordBatch::try_new_with_options(
             self.schema.clone(),
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows)),
-        )?;
-        report.decode_nanos.fetch_add(
-            thread_cpu_nanos().saturating_sub(decode_started),
-            Ordering::Relaxed,
-        );
-        Ok(Some(batch))
+        )?)
     }
 
     /// Counts, reports and dead-letters bad records; fails the query

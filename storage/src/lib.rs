@@ -48,7 +48,9 @@ pub use batch::{Header, HeaderIter, PayloadKind, Record, now_ms};
 pub use error::{Error, Result};
 pub use groups::{MAX_GROUP_NAME_LEN, PartitionLag};
 pub use options::{Durability, StorageOptions};
-pub use read::{ColumnarSlice, Fetch, FetchedBatch, OwnedRecord, ReadLimits, RecordView};
+pub use read::{
+    BatchRef, ColumnarSlice, Fetch, FetchedBatch, OwnedRecord, ReadLimits, RecordView, ScanOutcome,
+};
 pub use retention::RetentionReport;
 pub use state::StateSpace;
 pub use storage::Storage;

@@ -104,6 +104,31 @@ pub struct FetchedBatch {
     bytes: Vec<u8>,
 }
 
+/// A stored batch borrowed from RocksDB during [`Storage::scan`]: the same
+/// accessors as [`FetchedBatch`], without the copy.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRef<'a> {
+    topic: &'a Arc<str>,
+    partition: u32,
+    base_offset: u64,
+    start: u64,
+    end: u64,
+    record_count: usize,
+    kind: PayloadKind,
+    bytes: &'a [u8],
+}
+
+/// Where a [`Storage::scan`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanOutcome {
+    /// The offset to read from next.
+    pub next_offset: u64,
+    /// Records handed to the visitor.
+    pub record_count: usize,
+    /// Batches handed to the visitor.
+    pub batch_count: usize,
+}
+
 /// A record with its position, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedRecord {
@@ -212,6 +237,67 @@ impl FetchedBatch {
         self.bytes.len()
     }
 
+    /// The batch as a borrowed [`BatchRef`].
+    pub fn as_batch_ref(&self) -> BatchRef<'_> {
+        BatchRef {
+            topic: &self.topic,
+            partition: self.partition,
+            base_offset: self.base_offset,
+            start: self.offsets.start,
+            end: self.offsets.end,
+            record_count: self.record_count,
+            kind: self.kind,
+            bytes: &self.bytes,
+        }
+    }
+
+    /// The records of a row batch within [`FetchedBatch::offsets`]. For a
+    /// columnar batch, records carry the IPC rows as values are not
+    /// separable: use [`FetchedBatch::columnar`].
+    pub fn records(&self) -> Result<impl Iterator<Item = Result<RecordView<'_>>> + '_> {
+        self.as_batch_ref().records()
+    }
+
+    /// For a columnar batch: its IPC bytes and the rows wanted.
+    pub fn columnar(&self) -> Result<Option<ColumnarSlice<'_>>> {
+        self.as_batch_ref().columnar()
+    }
+}
+
+impl<'a> BatchRef<'a> {
+    /// The offsets covered (records may be missing from a compacted range).
+    pub fn offsets(&self) -> Range<u64> {
+        self.start..self.end
+    }
+
+    /// How many records the scan hands over from this batch.
+    pub fn record_count(&self) -> usize {
+        self.record_count
+    }
+
+    /// Rows or columnar.
+    pub fn kind(&self) -> PayloadKind {
+        self.kind
+    }
+
+    /// The stored batch's size in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Copies it into a [`FetchedBatch`].
+    pub fn to_fetched(&self) -> FetchedBatch {
+        FetchedBatch {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            base_offset: self.base_offset,
+            offsets: self.offsets(),
+            record_count: self.record_count,
+            kind: self.kind,
+            bytes: self.bytes.to_vec(),
+        }
+    }
+
     fn corrupt(&self, reason: String) -> Error {
         Error::Corrupt {
             topic: self.topic.to_string(),
@@ -221,21 +307,19 @@ impl FetchedBatch {
         }
     }
 
-    fn view(&self) -> Result<BatchView<'_>> {
-        BatchView::parse(&self.bytes).map_err(|reason| self.corrupt(reason))
+    fn view(&self) -> Result<BatchView<'a>> {
+        BatchView::parse(self.bytes).map_err(|reason| self.corrupt(reason))
     }
 
-    /// The records of a row batch within [`FetchedBatch::offsets`]. For a
-    /// columnar batch, records carry the IPC rows as values are not
-    /// separable: use [`FetchedBatch::columnar`].
-    pub fn records(&self) -> Result<impl Iterator<Item = Result<RecordView<'_>>> + '_> {
+    /// The records of a row batch within [`BatchRef::offsets`].
+    pub fn records(self) -> Result<impl Iterator<Item = Result<RecordView<'a>>> + 'a> {
         let view = self.view()?;
         let rows = view.rows().map_err(|reason| self.corrupt(reason))?;
-        let offsets = self.offsets.clone();
+        let offsets = self.offsets();
         let base = self.base_offset;
         Ok(rows
             .map(move |row| {
-                row.map(|row: RawRow<'_>| RecordView {
+                row.map(|row: RawRow<'a>| RecordView {
                     offset: base + u64::from(row.offset_delta),
                     timestamp_ms: row.timestamp_ms,
                     key: row.key,
@@ -251,7 +335,7 @@ impl FetchedBatch {
     }
 
     /// For a columnar batch: its IPC bytes and the rows wanted.
-    pub fn columnar(&self) -> Result<Option<ColumnarSlice<'_>>> {
+    pub fn columnar(self) -> Result<Option<ColumnarSlice<'a>>> {
         let view = self.view()?;
         if view.kind != PayloadKind::Columnar {
             return Ok(None);
@@ -260,8 +344,8 @@ impl FetchedBatch {
         Ok(Some(ColumnarSlice {
             ipc,
             rows: (
-                (self.offsets.start - self.base_offset) as usize,
-                (self.offsets.end - self.base_offset) as usize,
+                (self.start - self.base_offset) as usize,
+                (self.end - self.base_offset) as usize,
             ),
             base_offset: self.base_offset,
             timestamps,
@@ -286,6 +370,35 @@ impl Storage {
         let topic = shared.topic(topic)?;
         let state = shared.partition(&topic, partition)?;
         read_partition(shared, &topic, partition, &state, offset, limits)
+    }
+
+    /// Reads like [`Storage::read`], but hands each batch to `visit` as it
+    /// lies in RocksDB's blocks, without copying it: for scans that decode
+    /// every record once (bounded queries). Blocking.
+    pub fn scan(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+        mut visit: impl FnMut(BatchRef<'_>) -> Result<()>,
+    ) -> Result<ScanOutcome> {
+        let shared = &self.inner.shared;
+        let topic = shared.topic(topic)?;
+        let state = shared.partition(&topic, partition)?;
+        let mut outcome = ScanOutcome {
+            next_offset: offset,
+            record_count: 0,
+            batch_count: 0,
+        };
+        let (next_offset, _, _) =
+            visit_partition(shared, &topic, partition, &state, offset, limits, |batch| {
+                outcome.record_count += batch.record_count;
+                outcome.batch_count += 1;
+                visit(batch)
+            })?;
+        outcome.next_offset = next_offset;
+        Ok(outcome)
     }
 
     /// Reads like [`Storage::read`], off the async runtime; when nothing is
@@ -419,6 +532,31 @@ pub(crate) fn read_partition(
     offset: u64,
     limits: ReadLimits,
 ) -> Result<Fetch> {
+    let mut batches = Vec::new();
+    let (next_offset, log_start_offset, end_offset) =
+        visit_partition(shared, topic, partition, state, offset, limits, |batch| {
+            batches.push(batch.to_fetched());
+            Ok(())
+        })?;
+    Ok(Fetch {
+        batches,
+        next_offset,
+        log_start_offset,
+        end_offset,
+    })
+}
+
+/// The read loop: hands each batch in range to `visit`, borrowed from the
+/// iterator. Returns `(next offset, log start offset, end offset)`.
+fn visit_partition(
+    shared: &Shared,
+    topic: &TopicState,
+    partition: u32,
+    state: &PartitionState,
+    offset: u64,
+    limits: ReadLimits,
+    mut visit: impl FnMut(BatchRef<'_>) -> Result<()>,
+) -> Result<(u64, u64, u64)> {
     let meta = state.meta();
     if offset < meta.log_start_offset || offset > meta.end_offset {
         return Err(Error::OffsetOutOfRange {
@@ -432,14 +570,9 @@ pub(crate) fn read_partition(
     let upper = limits
         .until_offset
         .map_or(meta.end_offset, |u| u.min(meta.end_offset));
-    let mut fetch = Fetch {
-        batches: Vec::new(),
-        next_offset: offset,
-        log_start_offset: meta.log_start_offset,
-        end_offset: meta.end_offset,
-    };
+    let mut next_offset = offset;
     if offset >= upper || limits.max_records == 0 {
-        return Ok(fetch);
+        return Ok((next_offset, meta.log_start_offset, meta.end_offset));
     }
     let mut options = ReadOptions::default();
     options.set_iterate_lower_bound(keys::batch_key(topic.id, partition, 0).to_vec());
@@ -449,6 +582,7 @@ pub(crate) fn read_partition(
     let topic_name: Arc<str> = Arc::from(topic.name.as_str());
     let mut records = 0usize;
     let mut bytes = 0usize;
+    let mut visited = 0usize;
     while iter.valid() {
         let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
             break;
@@ -495,16 +629,18 @@ pub(crate) fn read_partition(
             }
             (end, count)
         };
-        fetch.batches.push(FetchedBatch {
-            topic: topic_name.clone(),
+        visit(BatchRef {
+            topic: &topic_name,
             partition,
             base_offset,
-            offsets: start..end,
+            start,
+            end,
             record_count: count,
             kind: view.kind,
-            bytes: value.to_vec(),
-        });
-        fetch.next_offset = end;
+            bytes: value,
+        })?;
+        visited += 1;
+        next_offset = end;
         records += count;
         bytes += value.len();
         if records >= limits.max_records || bytes >= limits.max_bytes || end >= upper {
@@ -526,9 +662,9 @@ pub(crate) fn read_partition(
             end_offset: meta.end_offset,
         });
     }
-    if fetch.batches.is_empty() {
+    if visited == 0 {
         // Everything from `offset` to `upper` was compacted away.
-        fetch.next_offset = upper;
+        next_offset = upper;
     }
-    Ok(fetch)
+    Ok((next_offset, meta.log_start_offset, meta.end_offset))
 }
