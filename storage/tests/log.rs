@@ -542,3 +542,45 @@ fn state_entries_survive_reopen_and_scan_by_prefix() {
         None
     );
 }
+
+#[test]
+fn a_scan_visits_what_a_read_returns_without_copying() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = open(&dir);
+    storage
+        .create_topic(TopicConfig::new("t", 1))
+        .expect("create");
+    for batch in 0..5 {
+        storage
+            .append_blocking("t", 0, &records(&format!("b{batch}-"), 10))
+            .expect("append");
+    }
+    // From inside the second batch, at most 25 records, stopping before 40.
+    let limits = ReadLimits::records(25).until(40);
+    let fetch = storage.read("t", 0, 13, limits).expect("read");
+    let mut scanned = Vec::new();
+    let outcome = storage
+        .scan("t", 0, 13, limits, |batch| {
+            assert_eq!(batch.kind(), PayloadKind::Rows);
+            for record in batch.records()? {
+                let record = record?;
+                scanned.push((
+                    record.offset,
+                    String::from_utf8(record.value.to_vec()).expect("utf8"),
+                ));
+            }
+            Ok(())
+        })
+        .expect("scan");
+    assert_eq!(scanned, values(&fetch));
+    assert_eq!(outcome.next_offset, fetch.next_offset);
+    assert_eq!(outcome.record_count, 25);
+    assert_eq!(outcome.batch_count, fetch.batches.len());
+    // A visitor's error stops the scan and comes back.
+    let error = storage
+        .scan("t", 0, 0, ReadLimits::records(100), |_| {
+            Err(Error::InvalidInput("stop".to_string()))
+        })
+        .expect_err("the visitor's error");
+    assert!(error.to_string().contains("stop"), "{error}");
+}
