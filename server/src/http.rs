@@ -28,23 +28,34 @@ struct AppState {
     engine: Engine,
     storage: Storage,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    query_timeout: Duration,
+    sql_runtime: tokio::runtime::Handle,
 }
 
-/// Serves the API on `listen` until SIGINT or SIGTERM.
-pub(crate) async fn serve(
-    engine: Engine,
-    listen: SocketAddr,
-    max_body_bytes: usize,
-) -> anyhow::Result<()> {
+/// How [`serve`] serves.
+pub(crate) struct ServeOptions {
+    pub(crate) listen: SocketAddr,
+    pub(crate) max_body_bytes: usize,
+    /// Longest a SQL request may run.
+    pub(crate) query_timeout: Duration,
+    /// Where SQL statements run (not on the HTTP workers).
+    pub(crate) sql_runtime: tokio::runtime::Handle,
+}
+
+/// Serves the API until SIGINT or SIGTERM.
+pub(crate) async fn serve(engine: Engine, options: ServeOptions) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let storage = engine.storage().clone();
+    let listen = options.listen;
     let app = router(
         AppState {
             engine,
             storage,
             shutdown,
+            query_timeout: options.query_timeout,
+            sql_runtime: options.sql_runtime,
         },
-        max_body_bytes,
+        options.max_body_bytes,
     );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "serving HTTP");
@@ -226,7 +237,32 @@ async fn run_sql(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<wire::SqlResults>> {
     let request: wire::SqlRequest = parse_json(&body?)?;
-    let outputs = state.engine.execute(&request.sql).await?;
+    let engine = state.engine.clone();
+    // Cancelled when the client goes away (this future is dropped) or
+    // when it runs past the timeout; scans stop as their channels close.
+    let mut task = AbortOnDrop(
+        state
+            .sql_runtime
+            .spawn(async move { engine.execute(&request.sql).await }),
+    );
+    let outputs = tokio::select! {
+        joined = &mut task.0 => joined.map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: format!("the statement's task failed: {e}"),
+        })??,
+        () = tokio::time::sleep(state.query_timeout) => {
+            return Err(ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                code: "timeout",
+                message: format!(
+                    "the request ran longer than {} s (--query-timeout) and was cancelled; \
+                     statements that had finished keep their effect",
+                    state.query_timeout.as_secs()
+                ),
+            });
+        }
+    };
     let results = outputs
         .into_iter()
         .map(wire::sql_result)
@@ -237,6 +273,15 @@ async fn run_sql(
             message,
         })?;
     Ok(Json(wire::SqlResults { results }))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn list_topics(State(state): State<AppState>) -> ApiResult<Json<wire::TopicList>> {

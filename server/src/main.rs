@@ -57,6 +57,10 @@ struct ServerArgs {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     log_json: bool,
+    /// Longest a `POST /v1/sql` request may run, in seconds; longer ones
+    /// are cancelled and answered 408.
+    #[arg(long, env = "SLUICE_QUERY_TIMEOUT", default_value_t = 60)]
+    query_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,11 +110,23 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         )
         .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
     tracing::info!(data_dir = %args.data_dir.display(), durability = args.durability.as_str(), "engine open");
+    // SQL runs on its own runtime, so long queries never hold the workers
+    // that serve HTTP.
+    let sql_runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("sluice-sql")
+        .enable_all()
+        .build()
+        .context("starting the SQL runtime")?;
     let result = runtime.block_on(http::serve(
         engine.clone(),
-        args.listen,
-        args.max_body_bytes,
+        http::ServeOptions {
+            listen: args.listen,
+            max_body_bytes: args.max_body_bytes,
+            query_timeout: std::time::Duration::from_secs(args.query_timeout.max(1)),
+            sql_runtime: sql_runtime.handle().clone(),
+        },
     ));
+    sql_runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     runtime
         .block_on(engine.shutdown())
         .context("closing storage")?;

@@ -12,6 +12,10 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &std::path::Path) -> Server {
+        Server::start_with(data_dir, &[])
+    }
+
+    fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([
                 "server",
@@ -24,6 +28,7 @@ impl Server {
             ])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -360,5 +365,25 @@ fn sql_over_http_answers_rows_messages_and_errors() {
     }
     let (status, body) = server.post("/v1/sql", r#"{"query": "SELECT 1"}"#);
     assert_eq!((status, error_code(&body)), (400, "bad_request".into()));
+    server.stop();
+}
+
+#[test]
+fn a_sql_request_past_its_timeout_is_cancelled_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with(dir.path(), &["--query-timeout", "1"]);
+    // A query that would run for hours.
+    let (status, body) = server.post(
+        "/v1/sql",
+        r#"{"sql": "SELECT count(*) FROM range(1000000000000)"}"#,
+    );
+    assert_eq!(
+        (status, error_code(&body)),
+        (408, "timeout".into()),
+        "{body}"
+    );
+    let (status, body) = server.post("/v1/sql", r#"{"sql": "SELECT 1 + 1 AS two"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["results"][0]["rows"], serde_json::json!([[2]]));
     server.stop();
 }
