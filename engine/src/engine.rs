@@ -93,6 +93,17 @@ impl Engine {
         }
     }
 
+    /// Runs a push query (`SELECT ... EMIT ...`): a stream of the rows it
+    /// emits, trigger after trigger, until its `LIMIT` is reached or the
+    /// stream is dropped (which cancels it).
+    ///
+    /// Stateless queries (projections and filters, `EMIT CHANGES`) run
+    /// now; aggregates are refused with [`Error::Unsupported`] until the
+    /// stateful runtime lands.
+    pub async fn subscribe(&self, sql: &str) -> Result<crate::Subscription> {
+        crate::continuous::subscribe(&self.sql, sql).await
+    }
+
     /// A producer of records to `topic`.
     pub fn producer(&self, topic: &str) -> Result<Producer> {
         if !self.storage.topic_exists(topic) {

@@ -19,13 +19,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Bounded queries run now; continuous queries (`EMIT`) are analysed and
-//! refused with a clear error until the continuous runtime lands.
+//! Bounded queries run with [`Engine::query`] / [`Engine::execute`];
+//! stateless continuous queries run as push queries with
+//! [`Engine::subscribe`]. Continuous aggregates and persistent queries are
+//! analysed and refused with a clear error until the stateful runtime lands.
 
 pub mod bench;
+mod continuous;
 mod engine;
 mod error;
 
+pub use continuous::Subscription;
 /// The arrow that Sluice uses (DataFusion's), so embedders need no other.
 pub use datafusion::arrow;
 pub use datafusion::arrow::record_batch::RecordBatch;

@@ -61,6 +61,8 @@ pub struct StreamingPlan {
     pub idle_timeout: Option<Duration>,
     pub late_topic: Option<String>,
     pub max_records_per_trigger: Option<u64>,
+    /// A stateless query's `LIMIT`: the push query ends after that many rows.
+    pub limit: Option<usize>,
 }
 
 impl fmt::Display for StreamingPlan {
@@ -158,6 +160,7 @@ pub fn analyze(query: &StreamingQuery, plan: &LogicalPlan) -> Result<StreamingPl
     let mut sources = Vec::new();
     let mut refusal: Option<String> = None;
     let mut has_limit = false;
+    let mut limit: Option<usize> = None;
     plan.apply_with_subqueries(|node| {
         let refuse = |why: &str| Some(why.to_string());
         let problem = match node {
@@ -198,9 +201,20 @@ pub fn analyze(query: &StreamingQuery, plan: &LogicalPlan) -> Result<StreamingPl
                 "ORDER BY has no end over an unbounded stream; sort the emitted rows in the \
                  client, or run a bounded query (without EMIT)",
             ),
-            LogicalPlan::Limit(_) => {
+            LogicalPlan::Limit(node) => {
                 has_limit = true;
-                None
+                let skip = matches!(
+                    node.get_skip_type(),
+                    Ok(datafusion::logical_expr::SkipType::Literal(n)) if n > 0
+                );
+                match node.get_fetch_type() {
+                    _ if skip => refuse("OFFSET has no meaning over an unbounded stream"),
+                    Ok(datafusion::logical_expr::FetchType::Literal(fetch)) => {
+                        limit = fetch;
+                        None
+                    }
+                    _ => refuse("LIMIT must be a constant in a continuous query"),
+                }
             }
             LogicalPlan::Union(_) => {
                 refuse("UNION is not supported in continuous queries yet; run one query per input")
@@ -328,6 +342,7 @@ pub fn analyze(query: &StreamingQuery, plan: &LogicalPlan) -> Result<StreamingPl
         idle_timeout,
         late_topic,
         max_records_per_trigger,
+        limit,
     })
 }
 

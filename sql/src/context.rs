@@ -216,8 +216,19 @@ impl SqlContext {
 
     /// Plans a query (its `EMIT` clause aside) over a new snapshot.
     pub async fn plan_query(&self, query: &StreamingQuery) -> Result<PlannedQuery> {
+        self.plan_query_in(query, Arc::new(Snapshot::default()))
+            .await
+    }
+
+    /// Plans a query over `snapshot`: the offsets it fixes are read, the
+    /// other topics' are taken when the query names them.
+    pub async fn plan_query_in(
+        &self,
+        query: &StreamingQuery,
+        snapshot: Arc<Snapshot>,
+    ) -> Result<PlannedQuery> {
         let report = Arc::new(ScanReport::default());
-        let mut state = self.query_state(report.clone())?;
+        let mut state = self.query_state(report.clone(), snapshot)?;
         // Fixes now() for the whole query, as SessionContext::sql does.
         state.mark_start_execution();
         let mut ast_query = query.query.as_ref().clone();
@@ -299,10 +310,14 @@ impl SqlContext {
     }
 
     /// A session state whose catalog resolves streams over a new snapshot.
-    fn query_state(&self, report: Arc<ScanReport>) -> Result<SessionState> {
+    fn query_state(
+        &self,
+        report: Arc<ScanReport>,
+        snapshot: Arc<Snapshot>,
+    ) -> Result<SessionState> {
         let scan = ScanContext {
             storage: self.storage.clone(),
-            snapshot: Arc::new(Snapshot::default()),
+            snapshot,
             report,
             dead_letters: self.dead_letters.clone(),
         };
@@ -335,9 +350,9 @@ pub(crate) async fn create_physical_plan(planned: &PlannedQuery) -> Result<Arc<d
 
 fn continuous_not_here() -> Error {
     Error::Unsupported(
-        "this is a continuous query (it has EMIT): run it as a push query (the shell, POST \
-         /v1/query, Engine::subscribe) or a persistent one (CREATE STREAM ... AS, \
-         Engine::start_query); continuous execution is not available in this build yet"
+        "this is a continuous query (it has EMIT): run it as a push query \
+         (Engine::subscribe; stateless queries run today), not as a statement; persistent \
+         queries and continuous aggregates are not available in this build yet"
             .to_string(),
     )
 }

@@ -60,6 +60,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Fixes the `(start, end)` offsets a query reads of each partition of
+    /// `topic`: a continuous query's trigger reads only what is new.
+    pub fn fix(&self, topic: &str, offsets: Vec<(u64, u64)>) -> crate::Result<()> {
+        self.topics
+            .lock()
+            .map_err(|_| Error::Internal("snapshot lock poisoned".to_string()))?
+            .insert(topic.to_string(), Arc::new(offsets));
+        Ok(())
+    }
+
     /// The offsets of `topic`, fixed at the first call.
     pub fn offsets(&self, storage: &Storage, topic: &str) -> crate::Result<TopicOffsets> {
         let mut topics = self

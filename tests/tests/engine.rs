@@ -140,3 +140,65 @@ async fn errors_tell_the_callers_mistakes_from_failures() {
     assert!(engine.query("SELECT count(*) FROM s").await.is_ok());
     engine.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stateless_push_query_emits_new_rows_until_its_limit() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = open(dir.path()).await;
+    engine
+        .execute(
+            "CREATE STREAM s (id BIGINT, v BIGINT) WITH (topic = 't', partitions = 2);
+             INSERT INTO s VALUES (1, 10), (2, 20);",
+        )
+        .await
+        .expect("setup");
+    let mut rows = engine
+        .subscribe(
+            "SELECT id, v * 2 AS w FROM s WHERE v > 10 LIMIT 3 \
+             EMIT CHANGES EVERY INTERVAL '20' MILLISECOND",
+        )
+        .await
+        .expect("subscribe");
+    // Rows that arrive after the query started are emitted by later triggers.
+    engine
+        .execute("INSERT INTO s VALUES (3, 30), (4, 5); INSERT INTO s VALUES (5, 50), (6, 60);")
+        .await
+        .expect("insert");
+    let mut seen = Vec::new();
+    // The guard only keeps a broken build from hanging the suite.
+    let collect = async {
+        while let Some(batch) = rows.next().await {
+            let batch = batch.expect("a batch");
+            let ids = batch.column(0).as_primitive::<Int64Type>();
+            let doubled = batch.column(1).as_primitive::<Int64Type>();
+            for i in 0..batch.num_rows() {
+                seen.push((ids.value(i), doubled.value(i)));
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), collect)
+        .await
+        .expect("the query ends at its LIMIT");
+    // LIMIT 3 of the matching rows (which ones depends on how triggers
+    // and partitions interleave), each once, each projected.
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let mut ids: Vec<i64> = seen.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{seen:?}");
+    assert!(ids.iter().all(|id| [2, 3, 5, 6].contains(id)), "{seen:?}");
+    assert!(seen.iter().all(|(id, w)| *w == id * 20), "{seen:?}");
+
+    let refused = engine
+        .subscribe("SELECT count(*) FROM s EMIT CHANGES")
+        .await
+        .expect_err("aggregates are not run yet");
+    assert!(matches!(refused, Error::Unsupported(_)), "{refused}");
+    let bounded = engine
+        .subscribe("SELECT id FROM s")
+        .await
+        .expect_err("not continuous");
+    assert!(bounded.is_user_error(), "{bounded}");
+    engine.shutdown().await.expect("shutdown");
+}
