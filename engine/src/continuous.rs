@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::Stream;
 use sluice_sql::analysis::{QueryShape, StartPosition, StreamingPlan};
@@ -25,8 +26,16 @@ use crate::error::{Error, Result};
 /// query.
 #[derive(Debug)]
 pub struct Subscription {
+    schema: SchemaRef,
     rows: mpsc::Receiver<Result<RecordBatch>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscription {
+    /// The columns of the rows it emits.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
 }
 
 impl Stream for Subscription {
@@ -56,7 +65,8 @@ pub(crate) async fn subscribe(sql_context: &SqlContext, sql: &str) -> Result<Sub
             ));
         }
     };
-    let (_, plan) = sql_context.analyze(&query).await?;
+    let (planned, plan) = sql_context.analyze(&query).await?;
+    let schema: SchemaRef = Arc::new(planned.logical_plan.schema().as_arrow().clone());
     if plan.shape != QueryShape::Stateless {
         return Err(Error::Unsupported(format!(
             "continuous {} queries are not available in this build yet; stateless push \
@@ -83,7 +93,7 @@ pub(crate) async fn subscribe(sql_context: &SqlContext, sql: &str) -> Result<Sub
         sender,
     };
     let task = tokio::spawn(trigger.run());
-    Ok(Subscription { rows, task })
+    Ok(Subscription { schema, rows, task })
 }
 
 /// Where each source partition starts.

@@ -3,6 +3,7 @@
 //! storage off the async workers, and convert to the wire shapes.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -94,6 +95,7 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/sql", post(run_sql))
+        .route("/v1/query", post(push_query))
         .route("/v1/topics", get(list_topics).post(create_topic))
         .route("/v1/topics/{topic}", get(get_topic).delete(delete_topic))
         .route(
@@ -274,6 +276,102 @@ async fn run_sql(
         })?;
     Ok(Json(wire::SqlResults { results }))
 }
+
+/// `POST /v1/query`: a push query. NDJSON (or server-sent events when the
+/// client accepts `text/event-stream`): a header line, then one JSON array
+/// per row as triggers emit them. The client disconnecting cancels it.
+async fn push_query(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: wire::SqlRequest = parse_json(&body?)?;
+    let engine = state.engine.clone();
+    // The query's triggers run on the SQL runtime, not the HTTP workers.
+    let subscription = state
+        .sql_runtime
+        .spawn(async move { engine.subscribe(&request.sql).await })
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: format!("starting the query failed: {e}"),
+        })??;
+    let sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    let query_id = format!("push-{}", NEXT_PUSH_QUERY.fetch_add(1, Ordering::Relaxed));
+    let frame = move |value: serde_json::Value| -> Bytes {
+        if sse {
+            Bytes::from(format!("data: {value}\n\n"))
+        } else {
+            Bytes::from(format!("{value}\n"))
+        }
+    };
+    let header_line = frame(serde_json::json!({
+        "header": {"query_id": query_id, "columns": wire::columns_json(subscription.schema())}
+    }));
+    let shutdown = state.shutdown.clone();
+    let rows = futures::stream::unfold(
+        (subscription, shutdown, false),
+        move |(mut subscription, mut shutdown, done)| async move {
+            if done {
+                return None;
+            }
+            let next = tokio::select! {
+                next = subscription.next() => next,
+                _ = shutdown.changed() => None,
+            };
+            let (chunk, done) = match next {
+                None => return None,
+                Some(Ok(batch)) => match wire::batch_rows(&batch) {
+                    Ok(rows) => {
+                        let mut chunk = Vec::new();
+                        for row in rows {
+                            chunk.extend_from_slice(&frame(serde_json::Value::from(row)));
+                        }
+                        (chunk, false)
+                    }
+                    Err(message) => (
+                        frame(
+                            serde_json::json!({"error": {"code": "internal", "message": message}}),
+                        )
+                        .to_vec(),
+                        true,
+                    ),
+                },
+                Some(Err(error)) => {
+                    let message = error.to_string();
+                    let code = ApiError::from(error).code;
+                    (
+                        frame(serde_json::json!({"error": {"code": code, "message": message}}))
+                            .to_vec(),
+                        true,
+                    )
+                }
+            };
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(chunk)),
+                (subscription, shutdown, done),
+            ))
+        },
+    );
+    let body =
+        futures::stream::once(async move { Ok::<_, std::io::Error>(header_line) }).chain(rows);
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body.boxed()),
+    )
+        .into_response())
+}
+
+static NEXT_PUSH_QUERY: AtomicU64 = AtomicU64::new(1);
 
 /// Aborts a task when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

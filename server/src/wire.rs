@@ -30,44 +30,55 @@ pub(crate) fn sql_result(output: Output) -> Result<serde_json::Value, String> {
     }
 }
 
-fn rows_json(output: QueryOutput) -> Result<serde_json::Value, String> {
-    let columns: Vec<serde_json::Value> = output
-        .schema
+/// The columns of a result, as `[{"name","type"}]`.
+pub(crate) fn columns_json(schema: &Schema) -> Vec<serde_json::Value> {
+    schema
         .fields()
         .iter()
         .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
+        .collect()
+}
+
+/// A batch's rows as JSON arrays, values as arrow's JSON writer renders them.
+pub(crate) fn batch_rows(batch: &RecordBatch) -> Result<Vec<Vec<serde_json::Value>>, String> {
+    let mut rows: Vec<Vec<serde_json::Value>> = (0..batch.num_rows())
+        .map(|_| Vec::with_capacity(batch.num_columns()))
         .collect();
+    // One column at a time under a fixed name: arrow's JSON writer keys
+    // rows by column name, and result columns may share a name.
+    for column in batch.columns() {
+        let field = Field::new("v", column.data_type().clone(), true);
+        let single = RecordBatch::try_new(
+            std::sync::Arc::new(Schema::new(vec![field])),
+            vec![column.clone()],
+        )
+        .map_err(|e| e.to_string())?;
+        let mut buffer = Vec::new();
+        {
+            let mut writer = sluice_engine::arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, LineDelimited>(&mut buffer);
+            writer.write(&single).map_err(|e| e.to_string())?;
+            writer.finish().map_err(|e| e.to_string())?;
+        }
+        for (row, line) in buffer
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            let mut object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(line).map_err(|e| e.to_string())?;
+            rows[row].push(object.remove("v").unwrap_or(serde_json::Value::Null));
+        }
+    }
+    Ok(rows)
+}
+
+fn rows_json(output: QueryOutput) -> Result<serde_json::Value, String> {
+    let columns = columns_json(&output.schema);
     let mut rows: Vec<Vec<serde_json::Value>> = Vec::with_capacity(output.row_count());
     for batch in &output.batches {
-        let start = rows.len();
-        rows.extend((0..batch.num_rows()).map(|_| Vec::with_capacity(columns.len())));
-        // One column at a time under a fixed name: arrow's JSON writer keys
-        // rows by column name, and result columns may share a name.
-        for column in batch.columns() {
-            let field = Field::new("v", column.data_type().clone(), true);
-            let single = RecordBatch::try_new(
-                std::sync::Arc::new(Schema::new(vec![field])),
-                vec![column.clone()],
-            )
-            .map_err(|e| e.to_string())?;
-            let mut buffer = Vec::new();
-            {
-                let mut writer = sluice_engine::arrow::json::WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .build::<_, LineDelimited>(&mut buffer);
-                writer.write(&single).map_err(|e| e.to_string())?;
-                writer.finish().map_err(|e| e.to_string())?;
-            }
-            for (row, line) in buffer
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .enumerate()
-            {
-                let mut object: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_slice(line).map_err(|e| e.to_string())?;
-                rows[start + row].push(object.remove("v").unwrap_or(serde_json::Value::Null));
-            }
-        }
+        rows.extend(batch_rows(batch)?);
     }
     let mut answer = serde_json::json!({"columns": columns, "rows": rows});
     if let Some(message) = output.message {

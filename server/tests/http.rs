@@ -387,3 +387,46 @@ fn a_sql_request_past_its_timeout_is_cancelled_and_the_server_keeps_serving() {
     assert_eq!(json(&body)["results"][0]["rows"], serde_json::json!([[2]]));
     server.stop();
 }
+
+#[test]
+fn a_push_query_streams_a_header_and_rows_as_ndjson() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let sql = |text: &str| server.post("/v1/sql", &serde_json::json!({ "sql": text }).to_string());
+    let (status, body) = sql("CREATE STREAM s (id BIGINT, v BIGINT) WITH (topic = 't'); \
+         INSERT INTO s VALUES (1, 10), (2, 20), (3, 30);");
+    assert_eq!(status, 200, "{body}");
+    // LIMIT ends the push query, and so the response.
+    let (status, body) = server.post(
+        "/v1/query",
+        r#"{"sql": "SELECT id, v + 1 AS w FROM s WHERE v > 10 LIMIT 2 EMIT CHANGES EVERY INTERVAL '10' MILLISECOND"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let lines: Vec<serde_json::Value> = body.lines().map(json).collect();
+    assert_eq!(lines.len(), 3, "{body}");
+    assert_eq!(lines[0]["header"]["columns"][1]["name"], "w");
+    assert!(lines[0]["header"]["query_id"].is_string());
+    let mut rows: Vec<serde_json::Value> = lines[1..].to_vec();
+    rows.sort_by_key(|r| r[0].as_i64());
+    assert_eq!(
+        rows,
+        vec![serde_json::json!([2, 21]), serde_json::json!([3, 31])]
+    );
+
+    let (status, body) = server.post(
+        "/v1/query",
+        r#"{"sql": "SELECT count(*) FROM s EMIT CHANGES"}"#,
+    );
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "unsupported".into()),
+        "{body}"
+    );
+    let (status, body) = server.post("/v1/query", r#"{"sql": "SELECT id FROM s"}"#);
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_input".into()),
+        "{body}"
+    );
+    server.stop();
+}
