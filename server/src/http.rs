@@ -3,6 +3,7 @@
 //! storage off the async workers, and convert to the wire shapes.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ struct AppState {
     shutdown: tokio::sync::watch::Receiver<bool>,
     query_timeout: Duration,
     sql_runtime: tokio::runtime::Handle,
+    auth_token: Option<Arc<str>>,
 }
 
 /// How [`serve`] serves.
@@ -41,6 +43,8 @@ pub(crate) struct ServeOptions {
     pub(crate) query_timeout: Duration,
     /// Where SQL statements run (not on the HTTP workers).
     pub(crate) sql_runtime: tokio::runtime::Handle,
+    /// The bearer token every endpoint but health requires, if any.
+    pub(crate) auth_token: Option<String>,
 }
 
 /// Serves the API until SIGINT or SIGTERM.
@@ -55,6 +59,7 @@ pub(crate) async fn serve(engine: Engine, options: ServeOptions) -> anyhow::Resu
             shutdown,
             query_timeout: options.query_timeout,
             sql_runtime: options.sql_runtime,
+            auth_token: options.auth_token.map(Arc::from),
         },
         options.max_body_bytes,
     );
@@ -92,8 +97,7 @@ async fn shutdown_signal() {
 }
 
 fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
+    let protected = Router::new()
         .route("/v1/sql", post(run_sql))
         .route("/v1/query", post(push_query))
         .route("/v1/topics", get(list_topics).post(create_topic))
@@ -103,8 +107,55 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(read_records).post(produce),
         )
         .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/v1/health", get(health))
+        .merge(protected)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+}
+
+/// With `--auth-token`, every endpoint but `/v1/health` needs
+/// `Authorization: Bearer <token>`.
+async fn require_token(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(expected) = &state.auth_token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            let mut response = ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                code: "unauthorized",
+                message: "missing or wrong token: send Authorization: Bearer <token>".to_string(),
+            }
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An error answer: `{"error":{"code","message"}}` with a status.

@@ -61,6 +61,10 @@ struct ServerArgs {
     /// are cancelled and answered 408.
     #[arg(long, env = "SLUICE_QUERY_TIMEOUT", default_value_t = 60)]
     query_timeout: u64,
+    /// Require `Authorization: Bearer <TOKEN>` on every endpoint but
+    /// `/v1/health`.
+    #[arg(long, env = "SLUICE_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +128,7 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
             query_timeout: std::time::Duration::from_secs(args.query_timeout.max(1)),
             sql_runtime: sql_runtime.handle().clone(),
+            auth_token: args.auth_token.clone().filter(|t| !t.is_empty()),
         },
     ));
     sql_runtime.shutdown_timeout(std::time::Duration::from_secs(5));

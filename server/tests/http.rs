@@ -75,6 +75,35 @@ impl Server {
         (status, body)
     }
 
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
+        let mut stream = TcpStream::connect(&self.address).expect("connect");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).expect("receive");
+        let response = String::from_utf8(response).expect("utf8 response");
+        let status: u16 = response[9..12].parse().expect("status code");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     fn get(&self, path: &str) -> (u16, String) {
         self.request("GET", path, "application/json", "")
     }
@@ -428,5 +457,32 @@ fn a_push_query_streams_a_header_and_rows_as_ndjson() {
         (400, "invalid_input".into()),
         "{body}"
     );
+    server.stop();
+}
+
+#[test]
+fn with_a_token_every_endpoint_but_health_needs_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with(dir.path(), &["--auth-token", "s3cret"]);
+    let (status, _) = server.get("/v1/health");
+    assert_eq!(status, 200);
+    let (status, body) = server.get("/v1/topics");
+    assert_eq!((status, error_code(&body)), (401, "unauthorized".into()));
+    let (status, body) = server.request_with(
+        "GET",
+        "/v1/topics",
+        &[("Authorization", "Bearer wrong")],
+        "",
+    );
+    assert_eq!((status, error_code(&body)), (401, "unauthorized".into()));
+    let (status, body) = server.request_with(
+        "GET",
+        "/v1/topics",
+        &[("Authorization", "Bearer s3cret")],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = server.get("/v1/no/such/endpoint");
+    assert_eq!(status, 401, "unknown paths do not reveal themselves either");
     server.stop();
 }
