@@ -100,6 +100,7 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
     let protected = Router::new()
         .route("/v1/sql", post(run_sql))
         .route("/v1/query", post(push_query))
+        .route("/metrics", get(metrics))
         .route("/v1/topics", get(list_topics).post(create_topic))
         .route("/v1/topics/{topic}", get(get_topic).delete(delete_topic))
         .route(
@@ -423,6 +424,12 @@ async fn push_query(
 }
 
 static NEXT_PUSH_QUERY: AtomicU64 = AtomicU64::new(1);
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let storage = state.storage.clone();
+    let text = blocking(move || crate::metrics::render(&storage)).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
 
 /// Aborts a task when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

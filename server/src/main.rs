@@ -4,6 +4,7 @@
 
 mod bench;
 mod http;
+mod metrics;
 mod wire;
 
 // mimalloc, as DataFusion's own CLI uses: scans allocate and free a

@@ -486,3 +486,31 @@ fn with_a_token_every_endpoint_but_health_needs_it() {
     assert_eq!(status, 401, "unknown paths do not reveal themselves either");
     server.stop();
 }
+
+#[test]
+fn metrics_export_the_logs_offsets_in_prometheus_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (status, _) = server.post("/v1/topics", r#"{"name":"m","partitions":2}"#);
+    assert_eq!(status, 201);
+    let (status, _) = server.post(
+        "/v1/topics/m/records",
+        r#"{"records":[{"value":"a","partition":1},{"value":"b","partition":1}]}"#,
+    );
+    assert_eq!(status, 200);
+    let (status, body) = server.get("/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("# TYPE sluice_partition_end_offset counter"),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"sluice_partition_end_offset{topic="m",partition="1"} 2"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"sluice_partition_end_offset{topic="m",partition="0"} 0"#),
+        "{body}"
+    );
+    server.stop();
+}
