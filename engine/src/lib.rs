@@ -35,6 +35,6 @@ pub use datafusion::arrow;
 pub use datafusion::arrow::record_batch::RecordBatch;
 pub use engine::{Engine, EngineBuilder, Producer};
 pub use error::{Error, Result};
-pub use sluice_sql::{Output, QueryOutput};
+pub use sluice_sql::{Output, QueryOutput, StatementText, split_statements};
 pub use sluice_storage as storage;
 pub use sluice_storage::{Durability, Record, RecordPosition};

@@ -5,6 +5,7 @@
 mod bench;
 mod http;
 mod metrics;
+mod shell;
 mod wire;
 
 // mimalloc, as DataFusion's own CLI uses: scans allocate and free a
@@ -35,6 +36,8 @@ struct Cli {
 enum Command {
     /// Run the server: open the data directory and serve the HTTP API.
     Server(ServerArgs),
+    /// Run SQL against a server (-c, -f, or statements on standard input).
+    Shell(shell::ShellArgs),
     /// Measure Sluice on this machine; prints one JSON object per run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -81,12 +84,31 @@ fn parse_durability(text: &str) -> Result<Durability, String> {
     Durability::parse(text).map_err(|e| e.to_string())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Server(args) => run_server(args),
+        // Exit codes for scripts: 1 a statement failed, 2 no server.
+        Command::Shell(args) => {
+            return match shell::run(args) {
+                Ok(shell::Outcome::Ok) => ExitCode::SUCCESS,
+                Ok(shell::Outcome::StatementFailed) => ExitCode::from(1),
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(args),
         Command::Bench(BenchCommand::Query(args)) => bench::query(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error:?}");
+            ExitCode::FAILURE
+        }
     }
 }
 

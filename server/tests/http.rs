@@ -514,3 +514,71 @@ fn metrics_export_the_logs_offsets_in_prometheus_text() {
     );
     server.stop();
 }
+
+#[test]
+fn the_shell_runs_scripts_and_says_by_its_exit_code_whether_they_failed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let url = format!("http://{}", server.address);
+    let shell = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("shell")
+            .args(["--url", &url])
+            .args(args)
+            .output()
+            .expect("run the shell");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = shell(&[
+        "-c",
+        "CREATE STREAM s (id BIGINT, name VARCHAR) WITH (topic = 't'); \
+         INSERT INTO s VALUES (1, 'one'), (2, 'two'); \
+         SELECT id, name FROM s ORDER BY id;",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("created stream s"), "{out}");
+    assert!(
+        out.contains("| 2  | two  |") || out.contains("two"),
+        "{out}"
+    );
+    assert!(out.contains("(2 rows)"), "{out}");
+
+    let (code, out, _) = shell(&[
+        "--format",
+        "csv",
+        "-c",
+        "SELECT id, name FROM s ORDER BY id",
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out, "id,name\n1,one\n2,two\n");
+
+    // A push query prints rows as they arrive; LIMIT ends it.
+    let (code, out, err) = shell(&[
+        "--format",
+        "json",
+        "-c",
+        "SELECT id FROM s LIMIT 2 EMIT CHANGES EVERY INTERVAL '10' MILLISECOND",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+
+    let script = dir.path().join("bad.sql");
+    std::fs::write(&script, "SELECT 1;\nSELECT * FROM nope;\nSELECT 2;\n").expect("write");
+    let (code, out, err) = shell(&["-f", script.to_str().expect("path")]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("unknown stream \"nope\""), "{err}");
+    assert_eq!(
+        out.matches("(1 row)").count(),
+        1,
+        "stops at the failure: {out}"
+    );
+    server.stop();
+
+    let (code, _, err) = shell(&["-c", "SELECT 1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot reach the server"), "{err}");
+}

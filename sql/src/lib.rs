@@ -37,8 +37,8 @@ pub use duration::{expr_to_duration, parse_duration};
 pub use error::{Error, Result};
 pub use output::{Output, QueryOutput};
 pub use parser::{
-    CreateStream, Emit, EmitMode, ShowObject, Statement, StreamingQuery, WatermarkDef, WithOptions,
-    ident_name, parse_sql,
+    CreateStream, Emit, EmitMode, ShowObject, Statement, StatementText, StreamingQuery,
+    WatermarkDef, WithOptions, ident_name, parse_sql, split_statements,
 };
 pub use scan::{
     LogScanExec, PartitionRange, ScanContext, ScanReport, Snapshot, StreamProvider, TopicOffsets,

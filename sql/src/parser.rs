@@ -227,6 +227,51 @@ pub fn ident_name(ident: &Ident) -> String {
     }
 }
 
+/// One statement's text, as a client splits a script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementText {
+    /// The statement, without its `;`.
+    pub text: String,
+    /// True for a continuous query (`SELECT ... EMIT ...`): it streams rows
+    /// (a push query) instead of answering once.
+    pub continuous: bool,
+}
+
+/// Splits a script at the `;`s outside quotes and comments, without
+/// planning anything; a statement that does not parse is still returned
+/// (`continuous: false`) so the server can say what is wrong with it.
+pub fn split_statements(sql: &str) -> Result<Vec<StatementText>> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| syntax(e.message, e.location))?;
+    let mut pieces = Vec::new();
+    let mut current: Vec<TokenWithSpan> = Vec::new();
+    let mut finish = |current: Vec<TokenWithSpan>| {
+        if !has_content(&current) {
+            return;
+        }
+        let text: String = current.iter().map(|t| t.token.to_string()).collect();
+        let continuous = matches!(
+            parse_statement(current),
+            Ok(Statement::Query(StreamingQuery { emit: Some(_), .. }))
+        );
+        pieces.push(StatementText {
+            text: text.trim().to_string(),
+            continuous,
+        });
+    };
+    for token in tokens {
+        if token.token == Token::SemiColon {
+            finish(std::mem::take(&mut current));
+        } else {
+            current.push(token);
+        }
+    }
+    finish(current);
+    Ok(pieces)
+}
+
 /// Parses one or more statements separated by `;`.
 pub fn parse_sql(sql: &str) -> Result<Vec<Statement>> {
     let dialect = GenericDialect {};

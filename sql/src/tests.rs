@@ -260,3 +260,21 @@ fn errors_say_where_and_what() {
         "unknown option \"partitons\" for CREATE TOPIC (known options: partitions, retention)"
     );
 }
+
+#[test]
+fn scripts_split_at_semicolons_outside_quotes() {
+    let pieces = crate::split_statements(
+        "CREATE STREAM s (a VARCHAR) WITH (topic = 't;x');\n\
+         -- a comment; with a semicolon\n\
+         SELECT a FROM s EMIT CHANGES; SELECT ';' ;",
+    )
+    .expect("split");
+    assert_eq!(pieces.len(), 3, "{pieces:?}");
+    assert!(
+        pieces[0].text.ends_with("WITH (topic = 't;x')"),
+        "{pieces:?}"
+    );
+    assert!(!pieces[0].continuous);
+    assert!(pieces[1].continuous, "{pieces:?}");
+    assert_eq!(pieces[2].text, "SELECT ';'");
+}
