@@ -50,17 +50,7 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         writers: args.writers,
         durability: args.durability,
     };
-    let temporary;
-    let dir = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => {
-            temporary = tempfile::Builder::new()
-                .prefix("sluice-bench-")
-                .tempdir()
-                .context("creating a temporary directory")?;
-            temporary.path().to_path_buf()
-        }
-    };
+    let (dir, _temporary) = bench_dir(args.dir.as_ref())?;
     let report = run_ingest(&dir, &options).context("running the ingest bench")?;
     let output = json!({
         "bench": "ingest",
@@ -108,17 +98,7 @@ pub(crate) struct QueryArgs {
 /// stored as JSON beside arrow-json's decode rate of the same bytes, and a
 /// `_timestamp` predicate's share of batches read.
 pub(crate) fn query(args: QueryArgs) -> anyhow::Result<()> {
-    let temporary;
-    let dir = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => {
-            temporary = tempfile::Builder::new()
-                .prefix("sluice-bench-")
-                .tempdir()
-                .context("creating a temporary directory")?;
-            temporary.path().to_path_buf()
-        }
-    };
+    let (dir, _temporary) = bench_dir(args.dir.as_ref())?;
     let mut options = QueryBenchOptions::new(args.events);
     options.partitions = args.partitions;
     options.batch = args.batch;
@@ -158,4 +138,19 @@ pub(crate) fn query(args: QueryArgs) -> anyhow::Result<()> {
     });
     println!("{output}");
     Ok(())
+}
+
+/// The bench's data directory: the one given, or a temporary one that is
+/// removed when the returned guard drops.
+fn bench_dir(dir: Option<&PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(dir) => Ok((dir.clone(), None)),
+        None => {
+            let temporary = tempfile::Builder::new()
+                .prefix("sluice-bench-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            Ok((temporary.path().to_path_buf(), Some(temporary)))
+        }
+    }
 }

@@ -442,20 +442,10 @@ impl<T> Drop for AbortOnDrop<T> {
 
 async fn list_topics(State(state): State<AppState>) -> ApiResult<Json<wire::TopicList>> {
     let storage = state.storage.clone();
-    let topics = blocking(move || {
-        let mut topics = Vec::new();
-        for name in storage.list_topics() {
-            match storage.describe_topic(&name) {
-                Ok(description) => topics.push(wire::Topic::from(description)),
-                // Dropped between the listing and the description.
-                Err(storage::Error::NotFound { .. }) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(topics)
-    })
-    .await?;
-    Ok(Json(wire::TopicList { topics }))
+    let topics = blocking(move || storage.describe_topics()).await?;
+    Ok(Json(wire::TopicList {
+        topics: topics.into_iter().map(wire::Topic::from).collect(),
+    }))
 }
 
 async fn create_topic(

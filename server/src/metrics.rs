@@ -5,76 +5,53 @@
 
 use std::fmt::Write as _;
 
-use sluice_engine::storage::{self, Storage};
+use sluice_engine::storage::{self, PartitionInfo, Storage};
+
+/// A per-partition metric: name, type, help, and how to read it.
+type PartitionFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PartitionInfo) -> u64,
+);
 
 /// Renders the metrics. Blocking: reads partition metadata and the
 /// consumer group offsets.
 pub(crate) fn render(storage: &Storage) -> storage::Result<String> {
     let mut out = String::new();
-    let mut partitions = Vec::new();
-    for name in storage.list_topics() {
-        match storage.describe_topic(&name) {
-            Ok(topic) => partitions.push(topic),
-            // Dropped between the listing and the description.
-            Err(storage::Error::NotFound { .. }) => {}
-            Err(error) => return Err(error),
-        }
-    }
-    family(
-        &mut out,
-        "sluice_partition_end_offset",
-        "counter",
-        "One past the last offset written to the partition (its high watermark).",
-    );
-    for topic in &partitions {
-        for p in &topic.partitions {
-            sample(
-                &mut out,
-                "sluice_partition_end_offset",
-                &[
-                    ("topic", &topic.name),
-                    ("partition", &p.partition.to_string()),
-                ],
-                p.end_offset,
-            );
-        }
-    }
-    family(
-        &mut out,
-        "sluice_partition_start_offset",
-        "gauge",
-        "The first offset the partition still holds (retention moves it).",
-    );
-    for topic in &partitions {
-        for p in &topic.partitions {
-            sample(
-                &mut out,
-                "sluice_partition_start_offset",
-                &[
-                    ("topic", &topic.name),
-                    ("partition", &p.partition.to_string()),
-                ],
-                p.log_start_offset,
-            );
-        }
-    }
-    family(
-        &mut out,
-        "sluice_partition_size_bytes",
-        "gauge",
-        "Bytes of stored batches in the partition.",
-    );
-    for topic in &partitions {
-        for p in &topic.partitions {
-            sample(
-                &mut out,
-                "sluice_partition_size_bytes",
-                &[
-                    ("topic", &topic.name),
-                    ("partition", &p.partition.to_string()),
-                ],
-                p.size_bytes,
-            );
+    let partitions = storage.describe_topics()?;
+    let families: [PartitionFamily; 3] = [
+        (
+            "sluice_partition_end_offset",
+            "counter",
+            "One past the last offset written to the partition (its high watermark).",
+            |p| p.end_offset,
+        ),
+        (
+            "sluice_partition_start_offset",
+            "gauge",
+            "The first offset the partition still holds (retention moves it).",
+            |p| p.log_start_offset,
+        ),
+        (
+            "sluice_partition_size_bytes",
+            "gauge",
+            "Bytes of stored batches in the partition.",
+            |p| p.size_bytes,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(&mut out, name, kind, help);
+        for topic in &partitions {
+            for p in &topic.partitions {
+                let partition = p.partition.to_string();
+                sample(
+                    &mut out,
+                    name,
+                    &[("topic", &topic.name), ("partition", &partition)],
+                    value(p),
+                );
+            }
         }
     }
     family(

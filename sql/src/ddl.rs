@@ -331,10 +331,8 @@ impl SqlContext {
         let table = match object {
             ShowObject::Topics => {
                 let mut rows = Vec::new();
-                for name in self.storage().list_topics() {
-                    let Ok(topic) = self.storage().describe_topic(&name) else {
-                        continue; // dropped meanwhile
-                    };
+                for topic in self.storage().describe_topics()? {
+                    let name = topic.name.clone();
                     let records: u64 = topic
                         .partitions
                         .iter()

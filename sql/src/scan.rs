@@ -806,24 +806,18 @@ impl RangeReader {
                 .saturating_sub(inside_nanos),
             Ordering::Relaxed,
         );
+        let Some(decoded) = self.decoder.finish_feed(feed) else {
+            // A bad value somewhere: read the same records again, copied,
+            // and decode them one by one (that read counts them).
+            self.next_offset = chunk_start;
+            return self.read_chunk_copying(scanned.next_offset);
+        };
         report
             .records_read
             .fetch_add(scanned.record_count as u64, Ordering::Relaxed);
         report
             .batches_read
             .fetch_add(scanned.batch_count as u64, Ordering::Relaxed);
-        let Some(decoded) = self.decoder.finish_feed(feed) else {
-            // A bad value somewhere: read the same records again, copied,
-            // and decode them one by one. Counted once.
-            report
-                .records_read
-                .fetch_sub(scanned.record_count as u64, Ordering::Relaxed);
-            report
-                .batches_read
-                .fetch_sub(scanned.batch_count as u64, Ordering::Relaxed);
-            self.next_offset = chunk_start;
-            return self.read_chunk_copying(scanned.next_offset);
-        };
         self.next_offset = scanned.next_offset.min(self.range.end);
         let keys: Vec<Option<&[u8]>> = keys.iter().map(|k| k.as_deref()).collect();
         let batch = self.assemble(&decoded, None, &keys, &offsets, &timestamps)?;

@@ -419,6 +419,20 @@ impl Storage {
         self.inner.shared.topic(name).is_ok()
     }
 
+    /// Every topic's description, by name; a topic dropped while this runs
+    /// is left out.
+    pub fn describe_topics(&self) -> Result<Vec<TopicDescription>> {
+        let mut topics = Vec::new();
+        for name in self.list_topics() {
+            match self.describe_topic(&name) {
+                Ok(description) => topics.push(description),
+                Err(Error::NotFound { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(topics)
+    }
+
     /// A topic's settings and per-partition offsets.
     pub fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
         let topic = self.inner.shared.topic(name)?;
