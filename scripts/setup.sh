@@ -3,9 +3,12 @@
 # RocksDB's Rust bindings are generated at build time with libclang.
 set -euo pipefail
 
+# libclang itself: libclang.so or libclang-<version>.so (libclang-cpp, which
+# some machines have alone, is a different library and does not do).
 have_libclang() {
-    ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' ||
-        compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null
+    ldconfig -p 2>/dev/null | grep -qE 'libclang(-[0-9.]+)?\.so' ||
+        compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null ||
+        compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null
 }
 
 if ! have_libclang; then

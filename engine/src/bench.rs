@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use ::nexmark::config::NexmarkConfig;
+use ::nexmark::event::{Event, EventType};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::json::ReaderBuilder;
-use nexmark::config::NexmarkConfig;
-use nexmark::event::{Event, EventType};
 use sluice_sql::{Output, SqlOptions};
 use sluice_storage::{Durability, Record, Storage};
 
@@ -72,7 +72,7 @@ fn generate_bids(events: usize) -> Vec<(i64, Vec<u8>)> {
         base_time: BASE_TIME_MS,
         ..NexmarkConfig::default()
     };
-    nexmark::EventGenerator::new(config)
+    ::nexmark::EventGenerator::new(config)
         .with_type_filter(EventType::Bid)
         .take(events)
         .filter_map(|event| match event {
@@ -336,4 +336,255 @@ impl QueryBenchOptions {
             target_partitions: SqlOptions::default().target_partitions,
         }
     }
+}
+
+/// Options of [`run_nexmark_bench`].
+#[derive(Debug, Clone)]
+pub struct NexmarkBenchOptions {
+    /// The query: a name of [`crate::nexmark::QUERIES`].
+    pub query: String,
+    /// Events to generate (persons, auctions and bids together).
+    pub events: usize,
+    /// Partitions of each topic.
+    pub partitions: u32,
+    /// DataFusion target partitions (default: cores).
+    pub target_partitions: usize,
+}
+
+/// What one Nexmark run measured.
+#[derive(Debug, Clone)]
+pub struct NexmarkBenchReport {
+    pub query: String,
+    pub events: usize,
+    pub partitions: u32,
+    /// Events in the topics the query reads.
+    pub events_read: u64,
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    pub events_per_s: f64,
+    pub events_per_cpu_s: f64,
+    /// arrow-json decoding the bids from memory on one core, same run.
+    pub decode_limit_events_per_s: f64,
+    pub output_rows: u64,
+    /// Peak resident memory while the query ran (the load excluded).
+    pub peak_rss_bytes: u64,
+    /// Resident memory after the query caught up.
+    pub end_rss_bytes: u64,
+    pub triggers: u64,
+    pub load_s: f64,
+}
+
+/// Generates `options.events` Nexmark events (fixed base time), loads them
+/// into `person`, `auction` and `bid`, closes every window with one
+/// far-future event per partition, then runs the query as persistent
+/// queries from `earliest` until they have read everything, and measures
+/// that run alone.
+pub async fn run_nexmark_bench(
+    dir: &std::path::Path,
+    options: &NexmarkBenchOptions,
+) -> Result<NexmarkBenchReport> {
+    let sql_text = crate::nexmark::query(&options.query)?;
+    let engine = Engine::builder(dir)
+        .durability(Durability::Os)
+        .target_partitions(options.target_partitions)
+        .open()
+        .await?;
+    let partitions = options.partitions.max(1);
+    engine.execute(&crate::nexmark::ddl(partitions)).await?;
+    let storage = engine.storage().clone();
+    let load_started = Instant::now();
+    let events = options.events;
+    let (counts, sample) =
+        tokio::task::spawn_blocking(move || load_nexmark(&storage, events, partitions))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+    let settling = engine.storage().clone();
+    tokio::task::spawn_blocking(move || settling.settle())
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    let load_s = load_started.elapsed().as_secs_f64();
+    let decode_limit_events_per_s = decode_limit(&sample)?.max(decode_limit(&sample)?);
+    drop(sample);
+
+    let statements: Vec<String> = sluice_sql::split_statements(sql_text)?
+        .into_iter()
+        .map(|s| s.text)
+        .filter(|s| s.to_ascii_uppercase().contains("SELECT"))
+        .collect();
+    reset_peak_rss();
+    let cpu_before = process_cpu_s();
+    let started = Instant::now();
+    // Push queries, as Nexmark runs elsewhere use a blackhole sink: the
+    // rows are counted and dropped.
+    let mut subscriptions = Vec::new();
+    for statement in &statements {
+        subscriptions.push(engine.subscribe(statement).await?);
+    }
+    let mut events_read = 0;
+    let mut output_rows = 0u64;
+    let mut triggers = 0;
+    for subscription in &mut subscriptions {
+        let (rows, last) = drain_subscription(&engine, subscription).await?;
+        output_rows += rows;
+        triggers += last.batch_id + 1;
+        if let Some(source) = last.sources.first() {
+            events_read += counts.get(&source.topic).copied().unwrap_or(0);
+        }
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let cpu_s = process_cpu_s() - cpu_before;
+    let peak_rss_bytes = peak_rss();
+    let end_rss_bytes = current_rss();
+    drop(subscriptions);
+    engine.shutdown().await?;
+    Ok(NexmarkBenchReport {
+        query: options.query.clone(),
+        events: options.events,
+        partitions,
+        events_read,
+        wall_s,
+        cpu_s,
+        events_per_s: events_read as f64 / wall_s.max(1e-9),
+        events_per_cpu_s: events_read as f64 / cpu_s.max(1e-9),
+        decode_limit_events_per_s,
+        output_rows,
+        peak_rss_bytes,
+        end_rss_bytes,
+        triggers,
+        load_s,
+    })
+}
+
+/// Counts a push query's rows until it has read everything its source
+/// holds; returns the rows and its last progress.
+async fn drain_subscription(
+    engine: &Engine,
+    subscription: &mut crate::Subscription,
+) -> Result<(u64, crate::Progress)> {
+    use futures::StreamExt;
+    let mut rows = 0u64;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_millis(5), subscription.next()).await {
+            Ok(Some(batch)) => rows += batch?.num_rows() as u64,
+            Ok(None) => {
+                return Err(Error::Internal("the push query ended early".into()));
+            }
+            Err(_) => {
+                // No rows for a moment: done if the last trigger read to
+                // the end (its rows come before its progress).
+                if let Some(progress) = subscription.progress() {
+                    let mut done = !progress.sources.is_empty();
+                    for source in &progress.sources {
+                        let (_, end) = engine.storage().offsets(&source.topic, source.partition)?;
+                        done &= source.end_offset == end;
+                    }
+                    if done {
+                        // Its rows reached the channel before its progress.
+                        while let Some(Some(batch)) =
+                            futures::FutureExt::now_or_never(subscription.next())
+                        {
+                            rows += batch?.num_rows() as u64;
+                        }
+                        return Ok((rows, progress));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Records per topic.
+type RecordCounts = std::collections::HashMap<String, u64>;
+/// A record's timestamp and value.
+type TimedValue = (i64, Vec<u8>);
+
+/// Loads the events straight into the partitions, 1,000 per append, round
+/// robin; returns the records per topic and up to 1M bids (value bytes) to
+/// measure the decode limit on.
+fn load_nexmark(
+    storage: &Storage,
+    events: usize,
+    partitions: u32,
+) -> Result<(RecordCounts, Vec<TimedValue>)> {
+    use std::collections::HashMap;
+    const BATCH: usize = 1000;
+    const SAMPLE: usize = 1_000_000;
+    let mut pending: HashMap<&'static str, Vec<Record>> = HashMap::new();
+    let mut next_partition: HashMap<&'static str, u32> = HashMap::new();
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut sample = Vec::new();
+    let flush =
+        |topic: &'static str, records: Vec<Record>, next: &mut HashMap<&'static str, u32>| {
+            let partition = next.entry(topic).or_insert(0);
+            let result = storage.append_blocking(topic, *partition % partitions, &records);
+            *partition += 1;
+            result
+        };
+    let generated = crate::nexmark::Events::stream(events, 10_000, 1);
+    for (topic, record) in generated {
+        *counts.entry(topic.to_string()).or_insert(0) += 1;
+        if topic == "bid" && sample.len() < SAMPLE {
+            sample.push((record.timestamp_ms, record.value.clone()));
+        }
+        let buffer = pending.entry(topic).or_default();
+        buffer.push(record);
+        if buffer.len() == BATCH {
+            let records = std::mem::take(buffer);
+            flush(topic, records, &mut next_partition)?;
+        }
+    }
+    for (topic, records) in pending.drain() {
+        if !records.is_empty() {
+            flush(topic, records, &mut next_partition)?;
+        }
+    }
+    // One far-future event per partition closes every window.
+    let far = crate::nexmark::BASE_TIME_MS as i64 + 365 * 24 * 3_600_000;
+    for partition in 0..partitions {
+        for (topic, value) in [
+            (
+                "bid",
+                format!(r#"{{"auction": -1, "bidder": -1, "price": 0, "date_time": {far}}}"#),
+            ),
+            (
+                "person",
+                format!(r#"{{"id": -1, "name": "", "date_time": {far}}}"#),
+            ),
+            (
+                "auction",
+                format!(r#"{{"id": -1, "seller": -1, "date_time": {far}}}"#),
+            ),
+        ] {
+            storage.append_blocking(topic, partition, &[Record::new(value).with_timestamp(far)])?;
+            *counts.entry(topic.to_string()).or_insert(0) += 1;
+        }
+    }
+    Ok((counts, sample))
+}
+
+/// Linux: the peak resident set since the last [`reset_peak_rss`].
+fn peak_rss() -> u64 {
+    proc_status_kb("VmHWM:") * 1024
+}
+
+fn current_rss() -> u64 {
+    proc_status_kb("VmRSS:") * 1024
+}
+
+fn proc_status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Linux: restarts the peak resident set count (`clear_refs` 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

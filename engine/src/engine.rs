@@ -2,12 +2,16 @@
 //! directory, behind a small async API.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use sluice_sql::{Output, SqlContext, SqlOptions, parse_sql};
+use sluice_sql::{
+    Output, ShowObject, SqlContext, SqlOptions, Statement, parse_sql, split_statements,
+};
 use sluice_storage::{Durability, ProduceRecord, Record, RecordPosition, Storage, StorageOptions};
 
 use crate::error::{Error, Result};
+use crate::queries::{Queries, QueryHandle, QueryInfo, QueryStatus};
 
 /// Options for opening an [`Engine`].
 #[derive(Debug, Clone)]
@@ -31,14 +35,21 @@ impl EngineBuilder {
         self
     }
 
-    /// Opens the data directory (creating it when missing).
+    /// Opens the data directory (creating it when missing) and resumes the
+    /// persistent queries that were running, each from its last commit.
     pub async fn open(self) -> Result<Engine> {
         let EngineBuilder { path, storage, sql } = self;
         let storage = tokio::task::spawn_blocking(move || Storage::open(path, storage))
             .await
             .map_err(|e| Error::Internal(format!("open task failed: {e}")))??;
         let sql = SqlContext::open(storage.clone(), sql)?;
-        Ok(Engine { storage, sql })
+        let queries = Arc::new(Queries::new(sql.clone()));
+        queries.resume_all().await?;
+        Ok(Engine {
+            storage,
+            sql,
+            queries,
+        })
     }
 }
 
@@ -48,6 +59,7 @@ impl EngineBuilder {
 pub struct Engine {
     storage: Storage,
     sql: SqlContext,
+    queries: Arc<Queries>,
 }
 
 impl Engine {
@@ -68,12 +80,158 @@ impl Engine {
     /// Runs one or more `;`-separated statements, in order, and returns
     /// what each answered. Stops at the first that fails: the statements
     /// before it have taken effect.
+    ///
+    /// `CREATE STREAM ... AS SELECT ... EMIT ...` and `INSERT INTO ...
+    /// SELECT ... EMIT ...` start persistent queries (see
+    /// [`Engine::start_query`]); `STOP QUERY` stops one.
     pub async fn execute(&self, sql: &str) -> Result<Vec<Output>> {
+        // Parsed whole, so that errors point into the script; split for
+        // the text a persistent query keeps.
+        let statements = parse_sql(sql)?;
+        let pieces = split_statements(sql)?;
+        if pieces.len() != statements.len() {
+            return Err(Error::Internal(format!(
+                "{} statements parsed but {} split",
+                statements.len(),
+                pieces.len()
+            )));
+        }
         let mut outputs = Vec::new();
-        for statement in parse_sql(sql)? {
-            outputs.push(self.sql.execute_statement(statement).await?);
+        for (piece, statement) in pieces.iter().zip(statements) {
+            outputs.push(self.execute_one(&piece.text, statement).await?);
         }
         Ok(outputs)
+    }
+
+    async fn execute_one(&self, text: &str, statement: Statement) -> Result<Output> {
+        match statement {
+            Statement::CreateStream(create) if create.query.is_some() => {
+                let handle = self
+                    .queries
+                    .start(text, Statement::CreateStream(create))
+                    .await?;
+                Ok(Output::Done(started_message(&handle)))
+            }
+            Statement::InsertQuery {
+                stream,
+                columns,
+                query,
+            } if query.emit.is_some() => {
+                let statement = Statement::InsertQuery {
+                    stream,
+                    columns,
+                    query,
+                };
+                let handle = self.queries.start(text, statement).await?;
+                Ok(Output::Done(started_message(&handle)))
+            }
+            Statement::Query(query) if query.emit.is_some() => {
+                // Checks it, so a bad query gets its own error.
+                self.sql.analyze(&query).await?;
+                Err(Error::InvalidInput(
+                    "a SELECT ... EMIT is a push query: it streams rows until cancelled. Run it \
+                     with Engine::subscribe (POST /v1/query over HTTP, or the shell), or make it \
+                     persistent with CREATE STREAM <name> AS SELECT ... EMIT ..."
+                        .to_string(),
+                ))
+            }
+            Statement::StopQuery { id } => {
+                let handle = self.queries.stop(&id).await?;
+                Ok(Output::Done(format!(
+                    "stopped query {} ({}); stream {} keeps its rows",
+                    handle.id(),
+                    handle.name(),
+                    handle.sink()
+                )))
+            }
+            Statement::Show(ShowObject::Queries) => {
+                let rows = self
+                    .queries
+                    .list()
+                    .into_iter()
+                    .map(|q| {
+                        let info = q.info();
+                        vec![
+                            Some(info.id),
+                            Some(info.name),
+                            Some(match info.error {
+                                Some(error) => format!("{}: {error}", info.status.as_str()),
+                                None => info.status.as_str().to_string(),
+                            }),
+                            Some(info.sink),
+                            Some(info.sql),
+                        ]
+                    })
+                    .collect();
+                Ok(self.sql.show_with_queries(ShowObject::Queries, rows)?)
+            }
+            Statement::DropStream { name, if_exists } => {
+                // Dropping a query's output stream stops the query first.
+                for handle in self.queries.list() {
+                    if handle.status() == QueryStatus::Running
+                        && handle.sink().eq_ignore_ascii_case(&name)
+                    {
+                        handle.stop().await?;
+                    }
+                }
+                let readers = self.queries.readers();
+                let sql = self.sql.clone();
+                Ok(
+                    tokio::task::spawn_blocking(move || {
+                        sql.drop_stream(&name, if_exists, &readers)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("drop task failed: {e}")))??,
+                )
+            }
+            other => Ok(self.sql.execute_statement(other).await?),
+        }
+    }
+
+    /// Starts a persistent query: `CREATE STREAM name [WITH (...)] AS
+    /// SELECT ... EMIT ...` (creating the stream) or `INSERT INTO stream
+    /// SELECT ... EMIT ...`. It runs until stopped, across restarts, and
+    /// writes each trigger's rows to the stream exactly once.
+    ///
+    /// ```no_run
+    /// # async fn demo(engine: &sluice_engine::Engine) -> sluice_engine::Result<()> {
+    /// let query = engine
+    ///     .start_query(
+    ///         "CREATE STREAM bids_per_auction AS \
+    ///          SELECT auction, window_start, window_end, count(*) AS bids \
+    ///          FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) \
+    ///          GROUP BY auction, window_start, window_end \
+    ///          EMIT ON WINDOW CLOSE",
+    ///     )
+    ///     .await?;
+    /// println!("{:?}", query.progress());
+    /// query.stop().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_query(&self, sql: &str) -> Result<QueryHandle> {
+        let mut pieces = split_statements(sql)?;
+        let (Some(piece), true) = (pieces.pop(), pieces.is_empty()) else {
+            return Err(Error::InvalidInput(
+                "start_query takes one statement".to_string(),
+            ));
+        };
+        let mut statements = parse_sql(&piece.text)?;
+        let (Some(statement), true) = (statements.pop(), statements.is_empty()) else {
+            return Err(Error::InvalidInput(
+                "start_query takes one statement".to_string(),
+            ));
+        };
+        self.queries.start(&piece.text, statement).await
+    }
+
+    /// The persistent queries, running or not.
+    pub fn queries(&self) -> Vec<QueryInfo> {
+        self.queries.list().iter().map(QueryHandle::info).collect()
+    }
+
+    /// One persistent query, by id or name.
+    pub fn query_handle(&self, id: &str) -> Result<QueryHandle> {
+        self.queries.get(id)
     }
 
     /// Runs one bounded query and returns its rows.
@@ -97,9 +255,8 @@ impl Engine {
     /// emits, trigger after trigger, until its `LIMIT` is reached or the
     /// stream is dropped (which cancels it).
     ///
-    /// Stateless queries (projections and filters, `EMIT CHANGES`) run
-    /// now; aggregates are refused with [`Error::Unsupported`] until the
-    /// stateful runtime lands.
+    /// Projections and filters emit each new row; aggregates emit as their
+    /// `EMIT` mode says (`ON WINDOW CLOSE`, `CHANGES`, `COMPLETE`).
     pub async fn subscribe(&self, sql: &str) -> Result<crate::Subscription> {
         crate::continuous::subscribe(&self.sql, sql).await
     }
@@ -125,15 +282,27 @@ impl Engine {
         &self.sql
     }
 
-    /// Flushes and closes the storage. Other clones of this engine must
-    /// not be used afterwards.
+    /// Stops the persistent queries (each finishes its running trigger
+    /// and commits; they resume when the data directory is opened again),
+    /// then flushes and closes the storage. Other clones of this engine
+    /// must not be used afterwards.
     pub async fn shutdown(&self) -> Result<()> {
+        self.queries.shutdown().await;
         let storage = self.storage.clone();
         tokio::task::spawn_blocking(move || storage.close())
             .await
             .map_err(|e| Error::Internal(format!("shutdown task failed: {e}")))??;
         Ok(())
     }
+}
+
+fn started_message(handle: &QueryHandle) -> String {
+    format!(
+        "started query {} ({}) writing to stream {}",
+        handle.id(),
+        handle.name(),
+        handle.sink()
+    )
 }
 
 /// Appends records to one topic.

@@ -20,14 +20,18 @@
 //! ```
 //!
 //! Bounded queries run with [`Engine::query`] / [`Engine::execute`];
-//! stateless continuous queries run as push queries with
-//! [`Engine::subscribe`]. Continuous aggregates and persistent queries are
-//! analysed and refused with a clear error until the stateful runtime lands.
+//! continuous queries (`SELECT ... EMIT ...`) run as push queries with
+//! [`Engine::subscribe`], or persistently with [`Engine::start_query`]
+//! (`CREATE STREAM ... AS SELECT ... EMIT ...`), writing to a stream
+//! exactly once and resuming after restarts.
 
 pub mod bench;
 mod continuous;
 mod engine;
 mod error;
+pub mod nexmark;
+mod progress;
+mod queries;
 
 pub use continuous::Subscription;
 /// The arrow that Sluice uses (DataFusion's), so embedders need no other.
@@ -35,6 +39,8 @@ pub use datafusion::arrow;
 pub use datafusion::arrow::record_batch::RecordBatch;
 pub use engine::{Engine, EngineBuilder, Producer};
 pub use error::{Error, Result};
+pub use progress::{Durations, Progress, SourceProgress};
+pub use queries::{QueryHandle, QueryInfo, QueryStatus};
 pub use sluice_sql::{Output, QueryOutput, StatementText, split_statements};
 pub use sluice_storage as storage;
 pub use sluice_storage::{Durability, Record, RecordPosition};

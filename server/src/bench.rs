@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use sluice_engine::bench::{QueryBenchOptions, run_query_bench};
+use sluice_engine::bench::{
+    NexmarkBenchOptions, QueryBenchOptions, run_nexmark_bench, run_query_bench,
+};
 use sluice_engine::storage::Durability;
 use sluice_engine::storage::bench::{IngestBenchOptions, run_ingest};
 
@@ -135,6 +137,81 @@ pub(crate) fn query(args: QueryArgs) -> anyhow::Result<()> {
             "batches_total": report.total_batches,
             "wall_s": round(report.recent_wall_s),
         },
+    });
+    println!("{output}");
+    Ok(())
+}
+
+/// Arguments of `sluice bench nexmark`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NexmarkArgs {
+    /// The query: q0, q1, q2, q5-core, q7-core, q8-core or q12 (the files
+    /// of tests/nexmark/).
+    #[arg(long, default_value = "q5-core")]
+    query: String,
+    /// Events to generate (persons, auctions and bids together).
+    #[arg(long, default_value_t = 10_000_000)]
+    events: usize,
+    /// Partitions of each topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// `json` (the only format until columnar streams land).
+    #[arg(long, default_value = "json")]
+    format: String,
+    /// Threads the query uses (default: the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Directory for the bench's data (default: a temporary directory,
+    /// removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// `sluice bench nexmark`: loads Nexmark events, then runs one query as a
+/// continuous query from `earliest` until every window has closed.
+pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
+    if args.format != "json" {
+        bail!(
+            "--format {}: only json streams exist in this build (format 'arrow' is not \
+             available yet)",
+            args.format
+        );
+    }
+    sluice_engine::nexmark::query(&args.query)?;
+    let (dir, _temporary) = bench_dir(args.dir.as_ref())?;
+    let options = NexmarkBenchOptions {
+        query: args.query,
+        events: args.events,
+        partitions: args.partitions,
+        target_partitions: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime
+        .block_on(run_nexmark_bench(&dir, &options))
+        .context("running the nexmark bench")?;
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    let output = json!({
+        "bench": "nexmark",
+        "query": report.query,
+        "format": "json",
+        "events": report.events,
+        "events_read": report.events_read,
+        "partitions": report.partitions,
+        "threads": options.target_partitions,
+        "load_s": round(report.load_s),
+        "wall_s": round(report.wall_s),
+        "cpu_s": round(report.cpu_s),
+        "events_per_s": report.events_per_s.round(),
+        "events_per_cpu_s": report.events_per_cpu_s.round(),
+        "decode_limit_events_per_s": report.decode_limit_events_per_s.round(),
+        "fraction_of_decode_limit": round(report.events_per_cpu_s / report.decode_limit_events_per_s),
+        "output_rows": report.output_rows,
+        "triggers": report.triggers,
+        "peak_rss_bytes": report.peak_rss_bytes,
+        "end_rss_bytes": report.end_rss_bytes,
     });
     println!("{output}");
     Ok(())

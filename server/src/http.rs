@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -100,6 +99,8 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
     let protected = Router::new()
         .route("/v1/sql", post(run_sql))
         .route("/v1/query", post(push_query))
+        .route("/v1/queries", get(list_queries).post(start_query))
+        .route("/v1/queries/{id}", get(get_query).delete(stop_query))
         .route("/metrics", get(metrics))
         .route("/v1/topics", get(list_topics).post(create_topic))
         .route("/v1/topics/{topic}", get(get_topic).delete(delete_topic))
@@ -329,6 +330,66 @@ async fn run_sql(
     Ok(Json(wire::SqlResults { results }))
 }
 
+/// `POST /v1/queries`: starts a persistent query (`CREATE STREAM ... AS
+/// SELECT ... EMIT ...` or `INSERT INTO ... SELECT ... EMIT ...`).
+async fn start_query(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let request: wire::SqlRequest = parse_json(&body?)?;
+    let engine = state.engine.clone();
+    // The query's task lives on the SQL runtime.
+    let handle = state
+        .sql_runtime
+        .spawn(async move { engine.start_query(&request.sql).await })
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: format!("starting the query failed: {e}"),
+        })??;
+    let info = handle.info();
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "id": info.id,
+            "name": info.name,
+            "status": info.status.as_str(),
+            "sink": info.sink,
+        })),
+    ))
+}
+
+/// `GET /v1/queries`: every persistent query with its status.
+async fn list_queries(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let queries: Vec<serde_json::Value> = state
+        .engine
+        .queries()
+        .into_iter()
+        .map(wire::query_json)
+        .collect();
+    Json(serde_json::json!({ "queries": queries }))
+}
+
+/// `GET /v1/queries/{id}`: status and the last trigger's progress.
+async fn get_query(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let handle = state.engine.query_handle(&id)?;
+    Ok(Json(wire::query_json(handle.info())))
+}
+
+/// `DELETE /v1/queries/{id}`: stops it (its running trigger commits first).
+async fn stop_query(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let handle = state.engine.query_handle(&id)?;
+    handle.stop().await?;
+    Ok(Json(wire::query_json(handle.info())))
+}
+
 /// `POST /v1/query`: a push query. NDJSON (or server-sent events when the
 /// client accepts `text/event-stream`): a header line, then one JSON array
 /// per row as triggers emit them. The client disconnecting cancels it.
@@ -353,7 +414,7 @@ async fn push_query(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
-    let query_id = format!("push-{}", NEXT_PUSH_QUERY.fetch_add(1, Ordering::Relaxed));
+    let query_id = subscription.id().to_string();
     let frame = move |value: serde_json::Value| -> Bytes {
         if sse {
             Bytes::from(format!("data: {value}\n\n"))
@@ -423,11 +484,10 @@ async fn push_query(
         .into_response())
 }
 
-static NEXT_PUSH_QUERY: AtomicU64 = AtomicU64::new(1);
-
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let storage = state.storage.clone();
-    let text = blocking(move || crate::metrics::render(&storage)).await?;
+    let queries = state.engine.queries();
+    let text = blocking(move || crate::metrics::render(&storage, &queries)).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

@@ -78,6 +78,9 @@ enum BenchCommand {
     /// A bounded query over Nexmark bids stored as JSON, beside arrow-json's
     /// decode rate of the same bytes.
     Query(bench::QueryArgs),
+    /// A Nexmark query run as a continuous query over loaded events, beside
+    /// arrow-json's decode rate of the same bids.
+    Nexmark(bench::NexmarkArgs),
 }
 
 fn parse_durability(text: &str) -> Result<Durability, String> {
@@ -102,6 +105,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(args),
         Command::Bench(BenchCommand::Query(args)) => bench::query(args),
+        Command::Bench(BenchCommand::Nexmark(args)) => bench::nexmark(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,21 +133,27 @@ fn init_logging(json: bool) {
 fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let engine = runtime
+    // SQL and continuous queries run on their own runtime, so long queries
+    // never hold the workers that serve HTTP.
+    let sql_runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("sluice-sql")
+        .enable_all()
+        .build()
+        .context("starting the SQL runtime")?;
+    // Opening resumes the persistent queries, on the SQL runtime.
+    let engine = sql_runtime
         .block_on(
             Engine::builder(&args.data_dir)
                 .durability(args.durability)
                 .open(),
         )
         .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
-    tracing::info!(data_dir = %args.data_dir.display(), durability = args.durability.as_str(), "engine open");
-    // SQL runs on its own runtime, so long queries never hold the workers
-    // that serve HTTP.
-    let sql_runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("sluice-sql")
-        .enable_all()
-        .build()
-        .context("starting the SQL runtime")?;
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        durability = args.durability.as_str(),
+        queries = engine.queries().len(),
+        "engine open"
+    );
     let result = runtime.block_on(http::serve(
         engine.clone(),
         http::ServeOptions {
@@ -154,10 +164,12 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             auth_token: args.auth_token.clone().filter(|t| !t.is_empty()),
         },
     ));
-    sql_runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-    runtime
+    // Persistent queries finish their running trigger and commit; then
+    // the storage closes.
+    sql_runtime
         .block_on(engine.shutdown())
         .context("closing storage")?;
+    sql_runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     tracing::info!("storage closed; bye");
     result
 }

@@ -1,7 +1,7 @@
-//! `GET /metrics`: the log's figures in Prometheus text format (version
-//! 0.0.4). End offsets are counters, so `rate()` of them is a partition's
-//! append rate. Continuous queries' progress joins them when the stateful
-//! runtime exists.
+//! `GET /metrics`: the log's figures and the persistent queries' progress
+//! (SPEC §6) in Prometheus text format (version 0.0.4). End offsets are
+//! counters, so `rate()` of them is a partition's append rate; a query's
+//! figures are those of its last trigger.
 
 use std::fmt::Write as _;
 
@@ -17,7 +17,10 @@ type PartitionFamily = (
 
 /// Renders the metrics. Blocking: reads partition metadata and the
 /// consumer group offsets.
-pub(crate) fn render(storage: &Storage) -> storage::Result<String> {
+pub(crate) fn render(
+    storage: &Storage,
+    queries: &[sluice_engine::QueryInfo],
+) -> storage::Result<String> {
     let mut out = String::new();
     let partitions = storage.describe_topics()?;
     let families: [PartitionFamily; 3] = [
@@ -80,7 +83,119 @@ pub(crate) fn render(storage: &Storage) -> storage::Result<String> {
             }
         }
     }
+    render_queries(&mut out, queries);
     Ok(out)
+}
+
+/// A query's figure from its last trigger.
+type QueryFamily = (
+    &'static str,
+    &'static str,
+    fn(&sluice_engine::Progress) -> f64,
+);
+
+fn render_queries(out: &mut String, queries: &[sluice_engine::QueryInfo]) {
+    family(
+        out,
+        "sluice_query_running",
+        "gauge",
+        "1 while a persistent query runs, 0 when it is stopped or failed.",
+    );
+    for query in queries {
+        let running = u64::from(query.status == sluice_engine::QueryStatus::Running);
+        sample(
+            out,
+            "sluice_query_running",
+            &[("query", &query.id), ("name", &query.name)],
+            running,
+        );
+    }
+    let families: [QueryFamily; 11] = [
+        ("sluice_query_batch_id", "The last trigger's number.", |p| {
+            p.batch_id as f64
+        }),
+        (
+            "sluice_query_input_rows",
+            "Records the last trigger read.",
+            |p| p.num_input_rows as f64,
+        ),
+        (
+            "sluice_query_input_rows_per_second",
+            "Records read per second since the trigger before.",
+            |p| p.input_rows_per_second,
+        ),
+        (
+            "sluice_query_processed_rows_per_second",
+            "Records read per second of the last trigger's duration.",
+            |p| p.processed_rows_per_second,
+        ),
+        (
+            "sluice_query_trigger_duration_ms",
+            "The last trigger's duration, commit included.",
+            |p| p.trigger_duration_ms,
+        ),
+        (
+            "sluice_query_watermark_ms",
+            "The query's watermark, ms since the epoch.",
+            |p| p.watermark.unwrap_or(0) as f64,
+        ),
+        (
+            "sluice_query_state_rows",
+            "Groups held in operator state.",
+            |p| p.state_rows as f64,
+        ),
+        (
+            "sluice_query_state_bytes",
+            "Memory of the operator state.",
+            |p| p.state_bytes as f64,
+        ),
+        (
+            "sluice_query_late_rows_dropped",
+            "Rows the last trigger dropped as late.",
+            |p| p.late_rows_dropped as f64,
+        ),
+        (
+            "sluice_query_decode_errors",
+            "Records the last trigger could not decode.",
+            |p| p.decode_errors as f64,
+        ),
+        (
+            "sluice_query_emitted_rows",
+            "Rows the last trigger emitted.",
+            |p| p.emitted_rows as f64,
+        ),
+    ];
+    for (name, help, value) in families {
+        family(out, name, "gauge", help);
+        for query in queries {
+            if let Some(progress) = &query.progress {
+                let labels = [("query", query.id.as_str()), ("name", query.name.as_str())];
+                sample(out, name, &labels, value(progress));
+            }
+        }
+    }
+    family(
+        out,
+        "sluice_query_source_lag",
+        "gauge",
+        "Records of a source partition the query had not read at its last trigger's end.",
+    );
+    for query in queries {
+        if let Some(progress) = &query.progress {
+            for source in &progress.sources {
+                sample(
+                    out,
+                    "sluice_query_source_lag",
+                    &[
+                        ("query", &query.id),
+                        ("topic", &source.topic),
+                        ("partition", &source.partition.to_string()),
+                    ],
+                    source.latest_offset.saturating_sub(source.end_offset),
+                );
+            }
+        }
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -88,7 +203,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
     let labels: Vec<String> = labels
         .iter()
         .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))

@@ -237,3 +237,17 @@ pub(crate) struct Status {
     pub(crate) status: &'static str,
     pub(crate) message: String,
 }
+
+/// A persistent query as the API shows it.
+pub(crate) fn query_json(info: sluice_engine::QueryInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": info.id,
+        "name": info.name,
+        "status": info.status.as_str(),
+        "error": info.error,
+        "sink": info.sink,
+        "sources": info.sources,
+        "sql": info.sql,
+        "progress": info.progress,
+    })
+}

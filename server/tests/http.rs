@@ -444,7 +444,7 @@ fn a_push_query_streams_a_header_and_rows_as_ndjson() {
 
     let (status, body) = server.post(
         "/v1/query",
-        r#"{"sql": "SELECT count(*) FROM s EMIT CHANGES"}"#,
+        r#"{"sql": "SELECT id FROM s ORDER BY id EMIT CHANGES"}"#,
     );
     assert_eq!(
         (status, error_code(&body)),

@@ -57,6 +57,11 @@ pub struct SqlContext {
     catalog: Arc<Catalog>,
     dead_letters: Arc<DeadLetters>,
     base_state: Arc<SessionState>,
+    /// `base_state` for continuous queries: without the rewrites that
+    /// would split one aggregate into two (`count(DISTINCT)` into a nested
+    /// `GROUP BY`) or fuse the partial and final stages, so the runtime
+    /// finds one aggregate and takes it apart into its stages.
+    streaming_state: Arc<SessionState>,
 }
 
 /// A query planned over a fixed snapshot, ready to run.
@@ -86,11 +91,28 @@ impl SqlContext {
             .with_default_features()
             .with_relation_planners(vec![Arc::new(WindowRelationPlanner)])
             .build();
+        let logical_rules = base_state
+            .optimizers()
+            .iter()
+            .filter(|rule| rule.name() != "single_distinct_aggregation_to_group_by")
+            .cloned()
+            .collect();
+        let physical_rules = base_state
+            .physical_optimizers()
+            .iter()
+            .filter(|rule| rule.name() != "CombinePartialFinalAggregate")
+            .cloned()
+            .collect();
+        let streaming_state = SessionStateBuilder::new_from_existing(base_state.clone())
+            .with_optimizer_rules(logical_rules)
+            .with_physical_optimizer_rules(physical_rules)
+            .build();
         Ok(SqlContext {
             storage,
             catalog,
             dead_letters,
             base_state: Arc::new(base_state),
+            streaming_state: Arc::new(streaming_state),
         })
     }
 
@@ -228,7 +250,31 @@ impl SqlContext {
         snapshot: Arc<Snapshot>,
     ) -> Result<PlannedQuery> {
         let report = Arc::new(ScanReport::default());
-        let mut state = self.query_state(report.clone(), snapshot)?;
+        self.plan_with(query, snapshot, report, &self.base_state)
+            .await
+    }
+
+    /// Plans one trigger of a continuous query over `snapshot`, its scans
+    /// reporting to `report`, in the session state made for continuous
+    /// queries (one aggregate, partial and final stages apart).
+    pub async fn plan_trigger(
+        &self,
+        query: &StreamingQuery,
+        snapshot: Arc<Snapshot>,
+        report: Arc<ScanReport>,
+    ) -> Result<PlannedQuery> {
+        self.plan_with(query, snapshot, report, &self.streaming_state)
+            .await
+    }
+
+    async fn plan_with(
+        &self,
+        query: &StreamingQuery,
+        snapshot: Arc<Snapshot>,
+        report: Arc<ScanReport>,
+        base: &SessionState,
+    ) -> Result<PlannedQuery> {
+        let mut state = self.query_state(report.clone(), snapshot, base)?;
         // Fixes now() for the whole query, as SessionContext::sql does.
         state.mark_start_execution();
         let mut ast_query = query.query.as_ref().clone();
@@ -314,6 +360,7 @@ impl SqlContext {
         &self,
         report: Arc<ScanReport>,
         snapshot: Arc<Snapshot>,
+        base: &SessionState,
     ) -> Result<SessionState> {
         let scan = ScanContext {
             storage: self.storage.clone(),
@@ -331,11 +378,9 @@ impl SqlContext {
             .map_err(from_datafusion)?;
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog("datafusion".to_string(), Arc::new(catalog));
-        Ok(
-            SessionStateBuilder::new_from_existing(self.base_state.as_ref().clone())
-                .with_catalog_list(Arc::new(catalogs))
-                .build(),
-        )
+        Ok(SessionStateBuilder::new_from_existing(base.clone())
+            .with_catalog_list(Arc::new(catalogs))
+            .build())
     }
 }
 
@@ -393,7 +438,7 @@ impl SchemaProvider for StreamSchema {
 
 /// A DataFusion error as a Sluice error: ours come back out; planning
 /// errors are the caller's; the rest are internal.
-pub(crate) fn from_datafusion(error: DataFusionError) -> Error {
+pub fn from_datafusion(error: DataFusionError) -> Error {
     match error {
         DataFusionError::External(inner) => match inner.downcast::<Error>() {
             Ok(ours) => *ours,

@@ -96,21 +96,69 @@ impl SqlContext {
     }
 
     pub(crate) async fn create_stream(&self, create: CreateStream) -> Result<Output> {
+        if create.query.is_some() {
+            return Err(Error::Unsupported(
+                "CREATE STREAM ... AS SELECT starts a persistent continuous query: run it through \
+                 the engine (Engine::execute or start_query, POST /v1/sql or /v1/queries)"
+                    .to_string(),
+            ));
+        }
+        self.create_stream_with(create, None).await
+    }
+
+    /// `CREATE STREAM name [WITH (...)] AS <query>`: the stream that a
+    /// persistent query writes, its columns those of the query's rows.
+    pub async fn create_output_stream(
+        &self,
+        mut create: CreateStream,
+        columns: &Schema,
+    ) -> Result<Output> {
+        if !create.columns.is_empty() {
+            return Err(Error::invalid(format!(
+                "CREATE STREAM {} AS SELECT takes its columns from the query; leave out the \
+                 column list",
+                create.name
+            )));
+        }
+        let mut fields = Vec::with_capacity(columns.fields().len());
+        for field in columns.fields() {
+            let name = field.name().to_ascii_lowercase();
+            if crate::catalog::is_metadata_column(&name) {
+                return Err(Error::invalid(format!(
+                    "the query's column \"{name}\" would hide the stream's metadata column; \
+                     name it with AS"
+                )));
+            }
+            if fields.iter().any(|f: &Field| f.name() == &name) {
+                return Err(Error::invalid(format!(
+                    "the query has two columns named \"{name}\"; name them apart with AS"
+                )));
+            }
+            let data_type = match field.data_type() {
+                DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+                DataType::Timestamp(_, _) => DataType::Timestamp(TimeUnit::Millisecond, None),
+                other => other.clone(),
+            };
+            fields.push(Field::new(name, data_type, true));
+        }
+        create.query = None;
+        self.create_stream_with(create, Some(Schema::new(fields)))
+            .await
+    }
+
+    async fn create_stream_with(
+        &self,
+        create: CreateStream,
+        given_schema: Option<Schema>,
+    ) -> Result<Output> {
         let CreateStream {
             name,
             if_not_exists,
             columns,
             watermark,
             mut options,
-            query,
+            query: _,
         } = create;
-        if query.is_some() {
-            return Err(Error::Unsupported(
-                "CREATE STREAM ... AS SELECT starts a persistent continuous query, which is not \
-                 available in this build yet"
-                    .to_string(),
-            ));
-        }
         validate_stream_name(&name)?;
         if self.catalog().stream(&name).is_some() {
             if if_not_exists {
@@ -133,7 +181,10 @@ impl SqlContext {
         };
         options.finish("CREATE STREAM", STREAM_OPTIONS)?;
 
-        let value_schema = self.value_schema(&columns, format).await?;
+        let value_schema = match given_schema {
+            Some(schema) => schema,
+            None => self.value_schema(&columns, format).await?,
+        };
         if let Some(key) = &key_column
             && value_schema.field_with_name(key).is_err()
         {
@@ -328,6 +379,16 @@ impl SqlContext {
     }
 
     pub(crate) fn show(&self, object: ShowObject) -> Result<Output> {
+        self.show_with_queries(object, Vec::new())
+    }
+
+    /// `SHOW ...`, with `queries` as the rows of `SHOW QUERIES`: id, name,
+    /// status, sink, SQL.
+    pub fn show_with_queries(
+        &self,
+        object: ShowObject,
+        queries: Vec<Vec<Option<String>>>,
+    ) -> Result<Output> {
         let table = match object {
             ShowObject::Topics => {
                 let mut rows = Vec::new();
@@ -387,9 +448,7 @@ impl SqlContext {
                     rows,
                 )?
             }
-            ShowObject::Queries => {
-                text_table(&["id", "name", "status", "sink", "sql"], Vec::new())?
-            }
+            ShowObject::Queries => text_table(&["id", "name", "status", "sink", "sql"], queries)?,
         };
         Ok(Output::Rows(table))
     }

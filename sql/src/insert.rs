@@ -151,6 +151,48 @@ impl SqlContext {
     }
 }
 
+/// The records that rows of a continuous query become in the stream
+/// `def` (`columns` as an `INSERT` names them, all when empty): matched by
+/// position, cast and checked as `INSERT` does, encoded in its format,
+/// keyed by its key column.
+pub fn encode_for_stream(
+    def: &StreamDef,
+    columns: &[String],
+    batches: &[RecordBatch],
+) -> Result<Vec<Record>> {
+    let targets = target_columns(def, columns)?;
+    if let Some(batch) = batches.first()
+        && batch.num_columns() != targets.len()
+    {
+        return Err(Error::invalid(format!(
+            "INSERT INTO {}: the query gives {} columns, expected {} ({})",
+            def.name,
+            batch.num_columns(),
+            targets.len(),
+            targets.join(", ")
+        )));
+    }
+    let rows = conform(def, &targets, batches)?;
+    Ok(encode(def, &rows)?
+        .into_iter()
+        .map(|produce| produce.record)
+        .collect())
+}
+
+/// Checks that a query giving `columns` can be inserted into `def`.
+pub fn check_insert_columns(def: &StreamDef, columns: &[String], given: usize) -> Result<()> {
+    let targets = target_columns(def, columns)?;
+    if given != targets.len() {
+        return Err(Error::invalid(format!(
+            "INSERT INTO {}: the query gives {given} columns, expected {} ({})",
+            def.name,
+            targets.len(),
+            targets.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// The stream columns an `INSERT` names (all value columns when it names none).
 fn target_columns(def: &StreamDef, columns: &[String]) -> Result<Vec<String>> {
     let known: Vec<String> = def

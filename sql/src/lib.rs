@@ -31,17 +31,19 @@ pub use catalog::{
     Catalog, DEAD_LETTER_SUFFIX, Format, KEY_COLUMN, OFFSET_COLUMN, OnError, PARTITION_COLUMN,
     StreamDef, TIMESTAMP_COLUMN, is_metadata_column, metadata_fields,
 };
-pub use context::{PlannedQuery, SqlContext, SqlOptions};
+pub use context::{PlannedQuery, SqlContext, SqlOptions, from_datafusion};
 pub use deadletter::DeadLetters;
 pub use duration::{expr_to_duration, parse_duration};
 pub use error::{Error, Result};
+pub use insert::{check_insert_columns, encode_for_stream};
 pub use output::{Output, QueryOutput};
 pub use parser::{
     CreateStream, Emit, EmitMode, ShowObject, Statement, StatementText, StreamingQuery,
     WatermarkDef, WithOptions, ident_name, parse_sql, split_statements,
 };
 pub use scan::{
-    LogScanExec, PartitionRange, ScanContext, ScanReport, Snapshot, StreamProvider, TopicOffsets,
+    EventTimeFilter, LogScanExec, PartitionRange, ScanContext, ScanReport, Snapshot,
+    StreamProvider, TopicOffsets,
 };
 pub use window::{
     HopStarts, WINDOW_END, WINDOW_START, WindowFunction, WindowKind, WindowRelationPlanner,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
     TimestampMillisecondArray,
 };
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
@@ -99,9 +99,49 @@ pub struct ScanReport {
     read_nanos: AtomicU64,
     decode_nanos: AtomicU64,
     first_errors: Mutex<Vec<String>>,
+    event_time: Option<EventTimeFilter>,
+    /// The largest event time read, per partition of the tracked stream.
+    max_event_time: Mutex<HashMap<u32, i64>>,
+    /// Rows dropped as late, as `(partition, offset)`.
+    late: Mutex<Vec<(u32, u64)>>,
+}
+
+/// What a continuous query asks of its scans: track the event time of one
+/// stream per partition, and drop the rows older than a bound (late rows:
+/// every window they belong to has closed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTimeFilter {
+    /// The stream whose event time is tracked.
+    pub stream: String,
+    /// Its event-time column.
+    pub column: String,
+    /// Rows whose event time is below this (ms) are late: dropped, and
+    /// their positions kept for [`ScanReport::late_rows`].
+    pub late_before_ms: Option<i64>,
 }
 
 impl ScanReport {
+    /// A report whose scans track event time as `filter` says.
+    pub fn with_event_time(filter: EventTimeFilter) -> Self {
+        ScanReport {
+            event_time: Some(filter),
+            ..ScanReport::default()
+        }
+    }
+
+    /// The largest event time read in each partition of the tracked stream.
+    pub fn max_event_times(&self) -> HashMap<u32, i64> {
+        self.max_event_time
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// The positions `(partition, offset)` of the rows dropped as late.
+    pub fn late_rows(&self) -> Vec<(u32, u64)> {
+        self.late.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
     /// Records read from the log.
     pub fn records_read(&self) -> u64 {
         self.records_read.load(Ordering::Relaxed)
@@ -653,6 +693,8 @@ struct RangeReader {
     next_offset: u64,
     remaining: Option<usize>,
     context: ScanContext,
+    /// The output column holding the event time, when the query tracks it.
+    event_time_column: Option<usize>,
 }
 
 impl RangeReader {
@@ -701,7 +743,12 @@ impl RangeReader {
             .collect::<datafusion::common::Result<Vec<_>>>()?;
         let decoder = ValueDecoder::new(&def, value_columns)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let event_time_column = match &context.report.event_time {
+            Some(filter) if filter.stream == def.name => schema.index_of(&filter.column).ok(),
+            _ => None,
+        };
         Ok(RangeReader {
+            event_time_column,
             def,
             schema,
             sources,
@@ -961,10 +1008,61 @@ impl RangeReader {
                 }
             })
             .collect();
-        Ok(RecordBatch::try_new_with_options(
+        let batch = RecordBatch::try_new_with_options(
             self.schema.clone(),
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        match self.event_time_column {
+            Some(column) => self.track_event_time(batch, column, |i| offsets[pick(i)]),
+            None => Ok(batch),
+        }
+    }
+
+    /// Notes the largest event time of `batch` and drops its late rows.
+    fn track_event_time(
+        &self,
+        batch: RecordBatch,
+        column: usize,
+        offset_of: impl Fn(usize) -> i64,
+    ) -> datafusion::common::Result<RecordBatch> {
+        let report = &self.context.report;
+        let Some(times) = batch
+            .column(column)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+        else {
+            return Err(DataFusionError::Internal(format!(
+                "the event-time column of {} is not a TIMESTAMP(ms)",
+                self.def.name
+            )));
+        };
+        if let Some(max) = datafusion::arrow::compute::max(times)
+            && let Ok(mut seen) = report.max_event_time.lock()
+        {
+            let entry = seen.entry(self.range.partition).or_insert(max);
+            *entry = (*entry).max(max);
+        }
+        let Some(bound) = report.event_time.as_ref().and_then(|f| f.late_before_ms) else {
+            return Ok(batch);
+        };
+        let late: Vec<usize> = (0..times.len())
+            .filter(|&i| times.is_valid(i) && times.value(i) < bound)
+            .collect();
+        if late.is_empty() {
+            return Ok(batch);
+        }
+        if let Ok(mut positions) = report.late.lock() {
+            positions.extend(
+                late.iter()
+                    .map(|&i| (self.range.partition, offset_of(i) as u64)),
+            );
+        }
+        let keep = datafusion::arrow::array::BooleanArray::from_iter(
+            (0..times.len()).map(|i| Some(!(times.is_valid(i) && times.value(i) < bound))),
+        );
+        Ok(datafusion::arrow::compute::filter_record_batch(
+            &batch, &keep,
         )?)
     }
 

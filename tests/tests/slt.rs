@@ -34,6 +34,26 @@ impl AsyncDB for SluiceDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
+        // `AWAIT QUERY <name>`: a directive of this runner, not SQL. It waits
+        // until the persistent query has committed every record its source
+        // holds, so the next statement sees what those records emitted.
+        let words: Vec<&str> = sql
+            .trim()
+            .trim_end_matches(';')
+            .split_whitespace()
+            .collect();
+        if let [first, second, name] = words.as_slice()
+            && first.eq_ignore_ascii_case("await")
+            && second.eq_ignore_ascii_case("query")
+        {
+            self.engine
+                .query_handle(name)
+                .map_err(|e| SltError(e.to_string()))?
+                .wait_caught_up(std::time::Duration::from_secs(60))
+                .await
+                .map_err(|e| SltError(e.to_string()))?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
         let outputs = self
             .engine
             .execute(sql)

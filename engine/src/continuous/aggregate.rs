@@ -1,0 +1,590 @@
+//! Incremental aggregation, built from DataFusion's own aggregate stages.
+//!
+//! Each trigger's plan holds one aggregate. The runtime takes it apart:
+//! the micro-batch goes through a `Partial` stage (in parallel, one
+//! partition per source range), giving one row of accumulator *states* per
+//! group; those rows and the stored state go through a `PartialReduce`
+//! stage, merging them into one state row per group: the new stored state.
+//! Rows are never kept, only states. To emit, the chosen groups' states go
+//! through a `Final` stage, and the operators above the aggregate in the
+//! plan (the `SELECT` list, `HAVING`) run over its output.
+//!
+//! Every DataFusion aggregate function works this way, because every one
+//! has a state and a merge: `count(DISTINCT)` keeps its distinct values,
+//! `approx_percentile_cont` its digest, `avg` its sum and count.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray,
+};
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
+};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::udaf::AggregateFunctionExpr;
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use sluice_sql::{WINDOW_END, WINDOW_START, from_datafusion};
+
+use crate::error::{Error, Result};
+
+/// The aggregate of one trigger's plan, taken apart into its stages.
+pub(crate) struct AggregateStages {
+    /// The plan's topmost aggregate node (final or single).
+    node: Arc<dyn ExecutionPlan>,
+    group_by: PhysicalGroupBy,
+    aggr_expr: Vec<Arc<AggregateFunctionExpr>>,
+    filter_expr: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// What the aggregate reads: the rows of the micro-batch.
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl AggregateStages {
+    /// Finds the aggregate in `plan`; a plan with none, or with an aggregate
+    /// over another, is not an incremental aggregate.
+    pub(crate) fn find(plan: &Arc<dyn ExecutionPlan>) -> Result<Self> {
+        let mut aggregates: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        plan.apply(|node| {
+            if node.is::<AggregateExec>() {
+                aggregates.push(node.clone());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(from_datafusion)?;
+        let node = aggregates
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::Internal("the plan of an aggregate has no aggregate".into()))?;
+        let top = as_aggregate(&node)?;
+        let (partial, expected) = match top.mode() {
+            AggregateMode::Final | AggregateMode::FinalPartitioned => {
+                let partial = aggregates.get(1).ok_or_else(|| {
+                    Error::Internal("a final aggregate without its partial".into())
+                })?;
+                (as_aggregate(partial)?, 2)
+            }
+            AggregateMode::Single | AggregateMode::SinglePartitioned => (top, 1),
+            other => {
+                return Err(Error::Internal(format!(
+                    "unexpected aggregate stage {other:?} at the top of the plan"
+                )));
+            }
+        };
+        if aggregates.len() != expected {
+            return Err(Error::Unsupported(
+                "this query plans as an aggregate over another aggregate, which continuous \
+                 queries cannot update incrementally"
+                    .to_string(),
+            ));
+        }
+        if partial.group_expr().has_grouping_set() {
+            return Err(Error::Unsupported(
+                "GROUPING SETS, CUBE and ROLLUP are not supported in continuous queries".into(),
+            ));
+        }
+        Ok(AggregateStages {
+            node: node.clone(),
+            group_by: partial.group_expr().clone(),
+            aggr_expr: partial.aggr_expr().to_vec(),
+            filter_expr: partial.filter_expr().to_vec(),
+            input: partial.input().clone(),
+        })
+    }
+
+    fn group_count(&self) -> usize {
+        self.group_by.expr().len()
+    }
+
+    /// The position of `window_start` among the group columns.
+    pub(crate) fn window_start_group(&self) -> Option<usize> {
+        self.group_position(WINDOW_START)
+    }
+
+    /// The position of `window_end` among the group columns.
+    pub(crate) fn window_end_group(&self) -> Option<usize> {
+        self.group_position(WINDOW_END)
+    }
+
+    fn group_position(&self, column: &str) -> Option<usize> {
+        let qualified = format!(".{column}");
+        self.group_by
+            .expr()
+            .iter()
+            .position(|(_, name)| name == column || name.ends_with(&qualified))
+    }
+
+    fn stage(
+        &self,
+        mode: AggregateMode,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let group_by = match mode {
+            AggregateMode::Partial => self.group_by.clone(),
+            _ => self.group_by.as_final(),
+        };
+        Ok(Arc::new(
+            AggregateExec::try_new(
+                mode,
+                group_by,
+                self.aggr_expr.clone(),
+                self.filter_expr.clone(),
+                input,
+                self.input.schema(),
+            )
+            .map_err(from_datafusion)?,
+        ))
+    }
+
+    /// Runs the operators above the aggregate over `rows` (the aggregate's
+    /// output), in one partition so that their order is kept.
+    pub(crate) async fn run_upper(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        rows: Vec<RecordBatch>,
+        schema: SchemaRef,
+        context: Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        let source: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[rows], schema, None).map_err(from_datafusion)?;
+        let target = self.node.clone();
+        let replaced = plan
+            .clone()
+            .transform_down(|node| {
+                if Arc::ptr_eq(&node, &target) {
+                    Ok(Transformed::new(
+                        source.clone(),
+                        true,
+                        TreeNodeRecursion::Jump,
+                    ))
+                } else {
+                    Ok(Transformed::no(node))
+                }
+            })
+            .map_err(from_datafusion)?
+            .data;
+        let single = replaced
+            .transform_up(|node| {
+                if node.is::<RepartitionExec>() || node.is::<CoalescePartitionsExec>() {
+                    Ok(Transformed::yes(node.children()[0].clone()))
+                } else {
+                    Ok(Transformed::no(node))
+                }
+            })
+            .map_err(from_datafusion)?
+            .data;
+        Ok(collect(single, context).await.map_err(from_datafusion)?)
+    }
+}
+
+fn as_aggregate(node: &Arc<dyn ExecutionPlan>) -> Result<&AggregateExec> {
+    node.downcast_ref::<AggregateExec>()
+        .ok_or_else(|| Error::Internal("expected an aggregate".into()))
+}
+
+/// How a windowed aggregate's groups close.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WindowClose {
+    /// `TUMBLE` and `HOP`: a group closes when the watermark reaches
+    /// `window_start + size`.
+    Fixed { size_ms: i64 },
+    /// `SESSION`: sessions of a key that overlap merge; a session closes
+    /// when the watermark reaches its `window_end`.
+    Session,
+}
+
+/// The stored state of an incremental aggregate: one row of accumulator
+/// states per group, as the `Partial` stage lays them out.
+#[derive(Debug, Default)]
+pub(crate) struct AggregateState {
+    batches: Vec<RecordBatch>,
+    schema: Option<SchemaRef>,
+}
+
+/// What one update changed.
+pub(crate) struct Update {
+    /// The keys of the groups the micro-batch touched (row-encoded group
+    /// columns); `None` when the aggregate has no group columns.
+    touched: Option<HashSet<Vec<u8>>>,
+    /// Whether any row reached the aggregate.
+    pub(crate) any_rows: bool,
+}
+
+impl AggregateState {
+    /// State restored from a checkpoint.
+    pub(crate) fn restore(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
+        AggregateState {
+            batches,
+            schema: Some(schema),
+        }
+    }
+
+    pub(crate) fn schema(&self) -> Option<&SchemaRef> {
+        self.schema.as_ref()
+    }
+
+    pub(crate) fn batches(&self) -> &[RecordBatch] {
+        &self.batches
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum()
+    }
+
+    /// Folds the micro-batch that `stages.input` reads into the state.
+    /// Window rows of windows that closed at or before `closed_before` (the
+    /// watermark of the previous trigger) are left out.
+    pub(crate) async fn update(
+        &mut self,
+        stages: &AggregateStages,
+        window: Option<WindowClose>,
+        closed_before: Option<i64>,
+        context: Arc<TaskContext>,
+    ) -> Result<Update> {
+        let mut input = stages.input.clone();
+        if let (Some(watermark), Some(WindowClose::Fixed { size_ms }), Some(index)) =
+            (closed_before, window, stages.window_start_group())
+        {
+            let start = stages.group_by.expr()[index].0.clone();
+            let bound = ScalarValue::TimestampMillisecond(Some(watermark - size_ms), None);
+            let open = Arc::new(BinaryExpr::new(
+                start,
+                Operator::Gt,
+                Arc::new(Literal::new(bound)),
+            ));
+            input = Arc::new(FilterExec::try_new(open, input).map_err(from_datafusion)?);
+        }
+        let partial = stages.stage(AggregateMode::Partial, input)?;
+        let schema = partial.schema();
+        let partials: Vec<RecordBatch> = collect(partial, context.clone())
+            .await
+            .map_err(from_datafusion)?
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .collect();
+        match &self.schema {
+            Some(stored) if !same_layout(stored, &schema) => {
+                return Err(Error::InvalidInput(format!(
+                    "the query's aggregate state no longer matches its stored state \
+                     (stored {stored:?}, now {schema:?}): the stream or the query changed; \
+                     start a new query"
+                )));
+            }
+            Some(_) => {}
+            None => self.schema = Some(schema.clone()),
+        }
+        if partials.is_empty() {
+            return Ok(Update {
+                touched: Some(HashSet::new()),
+                any_rows: false,
+            });
+        }
+        let groups = stages.group_count();
+        let touched = if groups == 0 {
+            None
+        } else {
+            Some(row_keys(&partials, groups)?)
+        };
+        let mut all = std::mem::take(&mut self.batches);
+        all.extend(partials);
+        if let (Some(WindowClose::Session), Some(start), Some(end)) = (
+            window,
+            stages.window_start_group(),
+            stages.window_end_group(),
+        ) {
+            all = vec![merge_sessions(&schema, &all, groups, start, end)?];
+        }
+        let source: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[all], schema.clone(), None)
+                .map_err(from_datafusion)?;
+        let reduce = stages.stage(AggregateMode::PartialReduce, source)?;
+        let merged = collect(reduce, context).await.map_err(from_datafusion)?;
+        self.batches = compact(&schema, merged)?;
+        Ok(Update {
+            touched,
+            any_rows: true,
+        })
+    }
+
+    /// The state rows to emit and what stays.
+    ///
+    /// `closing`: the watermark, for windowed aggregates: groups whose
+    /// window ends at or before it are closed, emitted (`all` or not) and
+    /// dropped from the state.
+    pub(crate) fn take(
+        &mut self,
+        stages: &AggregateStages,
+        pick: Pick<'_>,
+        closing: Option<(i64, WindowClose)>,
+    ) -> Result<Vec<RecordBatch>> {
+        let Some(schema) = self.schema.clone() else {
+            return Ok(Vec::new());
+        };
+        if self.batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let state = concat_batches(&schema, &self.batches)
+            .map_err(|e| Error::Internal(format!("joining state: {e}")))?;
+        let closed: Option<BooleanArray> = match closing {
+            Some((watermark, WindowClose::Fixed { size_ms })) => {
+                let starts = timestamps(&state, stages.window_start_group())?;
+                Some(BooleanArray::from_iter((0..starts.len()).map(|i| {
+                    Some(starts.is_valid(i) && starts.value(i) + size_ms <= watermark)
+                })))
+            }
+            Some((watermark, WindowClose::Session)) => {
+                let ends = timestamps(&state, stages.window_end_group())?;
+                Some(BooleanArray::from_iter((0..ends.len()).map(|i| {
+                    Some(ends.is_valid(i) && ends.value(i) <= watermark)
+                })))
+            }
+            None => None,
+        };
+        let emit_mask: BooleanArray = match pick {
+            Pick::Closed => match &closed {
+                Some(closed) => closed.clone(),
+                None => BooleanArray::from(vec![false; state.num_rows()]),
+            },
+            Pick::All => BooleanArray::from(vec![true; state.num_rows()]),
+            Pick::Touched(update) => match &update.touched {
+                None => BooleanArray::from(vec![update.any_rows; state.num_rows()]),
+                Some(keys) => {
+                    let converter = converter(&state, stages.group_count())?;
+                    let rows = converter
+                        .convert_columns(&state.columns()[..stages.group_count()])
+                        .map_err(|e| Error::Internal(format!("group keys: {e}")))?;
+                    BooleanArray::from_iter(
+                        (0..state.num_rows()).map(|i| Some(keys.contains(rows.row(i).as_ref()))),
+                    )
+                }
+            },
+        };
+        let emit = filter_record_batch(&state, &emit_mask)
+            .map_err(|e| Error::Internal(format!("picking groups: {e}")))?;
+        if let Some(closed) = closed {
+            let open = datafusion::arrow::compute::not(&closed)
+                .map_err(|e| Error::Internal(format!("open groups: {e}")))?;
+            let kept = filter_record_batch(&state, &open)
+                .map_err(|e| Error::Internal(format!("dropping closed groups: {e}")))?;
+            self.batches = if kept.num_rows() == 0 {
+                Vec::new()
+            } else {
+                vec![kept]
+            };
+        }
+        Ok(if emit.num_rows() == 0 {
+            Vec::new()
+        } else {
+            vec![emit]
+        })
+    }
+
+    /// The final values of state rows, sorted by their group columns
+    /// (window first), so emitted rows come out in a deterministic order.
+    pub(crate) async fn finalize(
+        stages: &AggregateStages,
+        rows: Vec<RecordBatch>,
+        state_schema: SchemaRef,
+        context: Arc<TaskContext>,
+    ) -> Result<(Vec<RecordBatch>, SchemaRef)> {
+        let source: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[rows], state_schema, None)
+                .map_err(from_datafusion)?;
+        let finals = stages.stage(AggregateMode::Final, source)?;
+        let schema = finals.schema();
+        let batches = collect(finals, context).await.map_err(from_datafusion)?;
+        let all = concat_batches(&schema, &batches)
+            .map_err(|e| Error::Internal(format!("joining results: {e}")))?;
+        if all.num_rows() <= 1 {
+            return Ok((vec![all], schema));
+        }
+        let mut order: Vec<usize> = (0..stages.group_count()).collect();
+        if let Some(window) = stages.window_start_group() {
+            order.retain(|i| *i != window);
+            order.insert(0, window);
+        }
+        let columns: Vec<SortColumn> = order
+            .iter()
+            .map(|&i| SortColumn {
+                values: all.column(i).clone(),
+                options: None,
+            })
+            .collect();
+        let sorted = match lexsort_to_indices(&columns, None) {
+            Ok(indices) => take_record_batch(&all, &indices)
+                .map_err(|e| Error::Internal(format!("ordering results: {e}")))?,
+            // Group columns of a type without an order: leave them as they are.
+            Err(_) => all,
+        };
+        Ok((vec![sorted], schema))
+    }
+}
+
+/// Which groups to emit.
+pub(crate) enum Pick<'a> {
+    /// Groups whose window has closed (`ON WINDOW CLOSE`).
+    Closed,
+    /// Every group (`COMPLETE`).
+    All,
+    /// The groups one update touched (`CHANGES`).
+    Touched(&'a Update),
+}
+
+/// A window column of the state.
+fn timestamps(state: &RecordBatch, index: Option<usize>) -> Result<&TimestampMillisecondArray> {
+    index
+        .and_then(|i| {
+            state
+                .column(i)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+        })
+        .ok_or_else(|| Error::Internal("the window columns are not TIMESTAMP(ms) groups".into()))
+}
+
+/// Session windows of the stored state and of a micro-batch, merged: rows
+/// of one key whose `[window_start, window_end)` overlap get the merged
+/// session's bounds, so the reduce stage then merges their states. (A row
+/// at a session's very end starts a new one, as in bounded queries.)
+fn merge_sessions(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    groups: usize,
+    start: usize,
+    end: usize,
+) -> Result<RecordBatch> {
+    let batch = concat_batches(schema, batches)
+        .map_err(|e| Error::Internal(format!("joining sessions: {e}")))?;
+    let rows = batch.num_rows();
+    let key_columns: Vec<ArrayRef> = (0..groups)
+        .filter(|i| *i != start && *i != end)
+        .map(|i| batch.column(i).clone())
+        .collect();
+    let keys = if key_columns.is_empty() {
+        None
+    } else {
+        let converter = RowConverter::new(
+            key_columns
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| Error::Internal(format!("session keys: {e}")))?;
+        Some(
+            converter
+                .convert_columns(&key_columns)
+                .map_err(|e| Error::Internal(format!("session keys: {e}")))?,
+        )
+    };
+    let key = |i: usize| keys.as_ref().map(|k| k.row(i));
+    let starts = timestamps(&batch, Some(start))?;
+    let ends = timestamps(&batch, Some(end))?;
+    let mut order: Vec<usize> = (0..rows).collect();
+    order.sort_by(|&a, &b| {
+        key(a)
+            .cmp(&key(b))
+            .then(starts.value(a).cmp(&starts.value(b)))
+    });
+    let mut new_starts = vec![0i64; rows];
+    let mut new_ends = vec![0i64; rows];
+    let mut run: Vec<usize> = Vec::new();
+    let (mut run_start, mut run_end) = (0i64, 0i64);
+    let mut close = |run: &mut Vec<usize>, s: i64, e: i64| {
+        for &i in run.iter() {
+            new_starts[i] = s;
+            new_ends[i] = e;
+        }
+        run.clear();
+    };
+    for &i in &order {
+        let joins = run
+            .first()
+            .is_some_and(|&first| key(first) == key(i) && starts.value(i) < run_end);
+        if joins {
+            run_end = run_end.max(ends.value(i));
+        } else {
+            close(&mut run, run_start, run_end);
+            run_start = starts.value(i);
+            run_end = ends.value(i);
+        }
+        run.push(i);
+    }
+    close(&mut run, run_start, run_end);
+    let mut columns = batch.columns().to_vec();
+    let data_type = batch.column(start).data_type().clone();
+    let rebuilt = |values: Vec<i64>| -> Result<ArrayRef> {
+        datafusion::arrow::compute::cast(&TimestampMillisecondArray::from(values), &data_type)
+            .map_err(|e| Error::Internal(format!("session bounds: {e}")))
+    };
+    columns[start] = rebuilt(new_starts)?;
+    columns[end] = rebuilt(new_ends)?;
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| Error::Internal(format!("merged sessions: {e}")))
+}
+
+fn converter(batch: &RecordBatch, groups: usize) -> Result<RowConverter> {
+    RowConverter::new(
+        batch.columns()[..groups]
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )
+    .map_err(|e| Error::Internal(format!("group keys: {e}")))
+}
+
+fn row_keys(batches: &[RecordBatch], groups: usize) -> Result<HashSet<Vec<u8>>> {
+    let mut keys = HashSet::new();
+    let Some(first) = batches.first() else {
+        return Ok(keys);
+    };
+    let converter = converter(first, groups)?;
+    for batch in batches {
+        let columns: Vec<ArrayRef> = batch.columns()[..groups].to_vec();
+        let rows = converter
+            .convert_columns(&columns)
+            .map_err(|e| Error::Internal(format!("group keys: {e}")))?;
+        for row in rows.iter() {
+            keys.insert(row.as_ref().to_vec());
+        }
+    }
+    Ok(keys)
+}
+
+/// Few big batches: the state is re-read at every trigger.
+fn compact(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+    if batches.len() <= 1 {
+        return Ok(batches);
+    }
+    Ok(vec![concat_batches(schema, &batches).map_err(|e| {
+        Error::Internal(format!("joining state: {e}"))
+    })?])
+}
+
+/// Same columns and types (names of internal state fields aside).
+fn same_layout(a: &SchemaRef, b: &SchemaRef) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields()
+            .iter()
+            .zip(b.fields())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+}

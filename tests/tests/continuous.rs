@@ -1,0 +1,377 @@
+//! Continuous queries against their bounded twins (the differential rule
+//! of SPEC §3.5): on Nexmark data with out-of-order events spread over four
+//! partitions, once every window is closed, what a continuous query emitted
+//! equals what the same SELECT returns as a bounded query.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use futures::StreamExt;
+use sluice_engine::nexmark::{self, Events};
+use sluice_engine::{Durability, Engine, QueryHandle, Record, Subscription};
+
+/// Bids far in the future, one per partition: they move every partition's
+/// watermark past the data, so every window of the data closes.
+const FLUSH_TIME_MS: u64 = nexmark::BASE_TIME_MS + 3_600_000;
+
+async fn nexmark_engine(dir: &std::path::Path) -> (Engine, Events) {
+    let engine = Engine::builder(dir)
+        .durability(Durability::Os)
+        .target_partitions(2)
+        .open()
+        .await
+        .expect("engine opens");
+    engine.execute(&nexmark::ddl(4)).await.expect("nexmark DDL");
+    // 6,000 events at 100 per second: a minute of event time, shuffled in
+    // groups of 50 (half a second, within the 4-second watermark delay).
+    let events = Events::generate(6_000, 100, 50);
+    (engine, events)
+}
+
+/// Loads the events in 30 steps, each topic a little at a time with
+/// pauses between, so that queries read them over many triggers.
+async fn load_slowly(engine: &Engine, events: &Events) {
+    const STEPS: usize = 30;
+    let topics = [
+        ("person", &events.person),
+        ("auction", &events.auction),
+        ("bid", &events.bid),
+    ];
+    for step in 0..STEPS {
+        for (topic, records) in topics {
+            let size = records.len().div_ceil(STEPS);
+            let part =
+                &records[(step * size).min(records.len())..((step + 1) * size).min(records.len())];
+            if !part.is_empty() {
+                engine
+                    .producer(topic)
+                    .expect("producer")
+                    .send_all(part.to_vec())
+                    .await
+                    .expect("load");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+}
+
+/// Appends one far-future event to every partition of the three topics.
+async fn flush(engine: &Engine) {
+    for partition in 0..4 {
+        let bid = format!(
+            r#"{{"auction": -1, "bidder": -1, "price": 0, "channel": "", "url": "", "date_time": {FLUSH_TIME_MS}, "extra": ""}}"#
+        );
+        let person = format!(r#"{{"id": -1, "name": "", "date_time": {FLUSH_TIME_MS}}}"#);
+        let auction = format!(r#"{{"id": -1, "seller": -1, "date_time": {FLUSH_TIME_MS}}}"#);
+        for (topic, value) in [("bid", bid), ("person", person), ("auction", auction)] {
+            // A key per partition puts one flush record in each.
+            let key = partition_key(partition);
+            engine
+                .producer(topic)
+                .expect("producer")
+                .send(Record::new(value).with_key(key))
+                .await
+                .expect("flush record");
+        }
+    }
+}
+
+/// A key that lands in `partition` of a 4-partition topic.
+fn partition_key(partition: u32) -> Vec<u8> {
+    (0u32..)
+        .map(|n| format!("flush-{n}").into_bytes())
+        .find(|key| sluice_engine::storage::partitioner::partition_for_key(key, 4) == partition)
+        .expect("some key lands in each partition")
+}
+
+/// Rows as sorted text lines: a multiset.
+fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut lines = rows_in_order(batches);
+    lines.sort();
+    lines
+}
+
+/// Rows as text lines, in order.
+fn rows_in_order(batches: &[RecordBatch]) -> Vec<String> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut lines = Vec::new();
+    for batch in batches {
+        let formatters: Vec<ArrayFormatter<'_>> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
+            .collect();
+        for row in 0..batch.num_rows() {
+            lines.push(
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            );
+        }
+    }
+    lines
+}
+
+/// The value columns of a stream (`SELECT *` adds the metadata columns).
+fn value_columns(engine: &Engine, stream: &str) -> String {
+    let def = engine
+        .sql()
+        .catalog()
+        .require_stream(stream)
+        .expect("the output stream exists");
+    def.value_schema
+        .fields()
+        .iter()
+        .map(|f| format!("\"{}\"", f.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Equal multisets, or a short account of the first difference.
+fn same_rows(what: &str, got: &[String], want: &[String]) {
+    if got == want {
+        return;
+    }
+    let missing: Vec<&String> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
+    let extra: Vec<&String> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
+    panic!(
+        "{what}: {} rows, expected {}; missing (first 5) {missing:?}; unexpected (first 5) {extra:?}",
+        got.len(),
+        want.len()
+    );
+}
+
+/// The bounded twin of a continuous query: the same text without `EMIT`.
+fn bounded(sql: &str) -> String {
+    let at = sql.rfind("EMIT").expect("a continuous query");
+    sql[..at].to_string()
+}
+
+/// The statements of a query file.
+fn statements(sql: &str) -> Vec<String> {
+    sluice_engine::split_statements(sql)
+        .expect("query file splits")
+        .into_iter()
+        .map(|s| s.text)
+        .filter(|s| s.contains("SELECT"))
+        .collect()
+}
+
+/// Waits until `query` has read every record its source holds now.
+async fn caught_up(query: &QueryHandle) {
+    query
+        .wait_caught_up(Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn late_rows(query: &QueryHandle) -> u64 {
+    query
+        .recent_progress()
+        .iter()
+        .map(|p| p.late_rows_dropped)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nexmark_queries_match_their_bounded_results() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (engine, events) = nexmark_engine(dir.path()).await;
+    // Queries start before the data arrives and read it as it is loaded.
+    let mut queries = Vec::new();
+    // Beyond Nexmark: sessions (merging across triggers and partitions),
+    // HAVING, and aggregates whose states are not plain values.
+    let extra = [
+        (
+            "session",
+            "SELECT bidder, window_start, window_end, count(*) AS bids, max(price) AS top \
+             FROM SESSION(bid, date_time, INTERVAL '2' SECOND) \
+             GROUP BY bidder, window_start, window_end EMIT ON WINDOW CLOSE",
+        ),
+        (
+            "having",
+            "SELECT channel, window_start, count(DISTINCT bidder) AS bidders, \
+               avg(price) AS mean, bit_xor(price) AS mix \
+             FROM TUMBLE(bid, date_time, INTERVAL '5' SECOND) \
+             GROUP BY channel, window_start, window_end HAVING count(*) > 3 \
+             EMIT FINAL EVERY INTERVAL '100' MILLISECOND",
+        ),
+    ];
+    for (name, sql) in nexmark::QUERIES.iter().chain(extra.iter()) {
+        for (n, statement) in statements(sql).into_iter().enumerate() {
+            // Short triggers, so the data arrives over many of them.
+            let statement = if statement.contains("EVERY") {
+                statement
+            } else {
+                format!("{statement} EVERY INTERVAL '50' MILLISECOND")
+            };
+            let sink = format!("out_{}_{n}", name.replace('-', "_"));
+            let handle = engine
+                .start_query(&format!("CREATE STREAM {sink} AS {statement}"))
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            queries.push((name.to_string(), statement, sink, handle));
+        }
+    }
+    load_slowly(&engine, &events).await;
+    let mut expected = HashMap::new();
+    for (name, statement, sink, _) in &queries {
+        if statement.contains("window_start") {
+            // Windowed: the flush rows' windows never close, so the answer
+            // is the bounded query over the data before them.
+            let batches = engine.query(&bounded(statement)).await.expect("bounded");
+            expected.insert(sink.clone(), (name.clone(), rows(&batches)));
+        }
+    }
+    flush(&engine).await;
+    for (name, statement, sink, _) in &queries {
+        if !expected.contains_key(sink) {
+            let batches = engine.query(&bounded(statement)).await.expect("bounded");
+            expected.insert(sink.clone(), (name.clone(), rows(&batches)));
+        }
+    }
+    for (name, _, sink, handle) in &queries {
+        caught_up(handle).await;
+        assert_eq!(late_rows(handle), 0, "{name}: no row is late in this data");
+        let triggers = handle.progress().map_or(0, |p| p.batch_id + 1);
+        assert!(
+            triggers >= 3,
+            "{name}: the data came over several triggers ({triggers})"
+        );
+        let output = engine
+            .query(&format!(
+                "SELECT {} FROM {sink}",
+                value_columns(&engine, sink)
+            ))
+            .await
+            .expect("output stream");
+        let (_, want) = &expected[sink];
+        let got = rows(&output);
+        assert!(!want.is_empty(), "{name}: the bounded query has rows");
+        same_rows(name, &got, want);
+    }
+    engine.shutdown().await.expect("shutdown");
+}
+
+/// Collects a push query's rows until it has read everything its source
+/// holds; returns them in order, and how many the last trigger emitted.
+async fn drain(engine: &Engine, subscription: &mut Subscription) -> (Vec<RecordBatch>, usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut batches = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
+        if let Ok(item) = next {
+            batches.push(item.expect("stream open").expect("rows"));
+            continue;
+        }
+        // Nothing came for a while: done if the last trigger read everything
+        // (its rows reached the channel before its progress was set).
+        if let Some(progress) = subscription.progress() {
+            let done = progress.sources.iter().all(|source| {
+                let (_, end) = engine
+                    .storage()
+                    .offsets(&source.topic, source.partition)
+                    .expect("offsets");
+                source.end_offset == end
+            });
+            if done {
+                // Its rows reached the channel before its progress was set.
+                while let Some(Some(item)) = futures::FutureExt::now_or_never(subscription.next()) {
+                    batches.push(item.expect("rows"));
+                }
+                return (batches, progress.emitted_rows as usize);
+            }
+        }
+        assert!(Instant::now() < deadline, "push query did not catch up");
+    }
+}
+
+/// The last row per key (the first `keys` columns) of CHANGES output.
+fn last_per_key(batches: &[RecordBatch], keys: usize) -> Vec<String> {
+    let mut last: HashMap<String, String> = HashMap::new();
+    let options = FormatOptions::default().with_null("NULL");
+    for batch in batches {
+        let formatters: Vec<ArrayFormatter<'_>> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
+            .collect();
+        for row in 0..batch.num_rows() {
+            let values: Vec<String> = formatters
+                .iter()
+                .map(|f| f.value(row).to_string())
+                .collect();
+            last.insert(values[..keys].join(" | "), values.join(" | "));
+        }
+    }
+    let mut rows: Vec<String> = last.into_values().collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_changes_and_complete_end_at_the_bounded_result() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (engine, events) = nexmark_engine(dir.path()).await;
+    let aggregates = "count(*) AS bids, sum(price) AS total, min(price) AS low, \
+                      max(price) AS high, avg(price) AS mean, count(DISTINCT auction) AS auctions, \
+                      bool_or(price > 10000000) AS big";
+    let cases = [
+        // Non-windowed aggregate, update mode.
+        (
+            format!("SELECT bidder, {aggregates} FROM bid WHERE auction >= 0 GROUP BY bidder"),
+            "EMIT CHANGES EVERY INTERVAL '50' MILLISECOND",
+            1,
+        ),
+        // Windowed aggregate, update mode: the last update of each window.
+        (
+            format!(
+                "SELECT auction, window_start, window_end, {aggregates} \
+                 FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) \
+                 WHERE auction >= 0 GROUP BY auction, window_start, window_end"
+            ),
+            "EMIT CHANGES EVERY INTERVAL '50' MILLISECOND",
+            3,
+        ),
+        // Non-windowed, complete mode: the last trigger is the whole result.
+        (
+            format!(
+                "SELECT channel, {aggregates} FROM bid WHERE auction >= 0 GROUP BY channel HAVING count(*) > 10"
+            ),
+            "EMIT COMPLETE EVERY INTERVAL '50' MILLISECOND",
+            0,
+        ),
+    ];
+    let mut subscriptions = Vec::new();
+    for (select, emit, _) in &cases {
+        subscriptions.push(
+            engine
+                .subscribe(&format!("{select} {emit}"))
+                .await
+                .unwrap_or_else(|e| panic!("{select}: {e}")),
+        );
+    }
+    load_slowly(&engine, &events).await;
+    flush(&engine).await;
+    for ((select, emit, keys), subscription) in cases.iter().zip(&mut subscriptions) {
+        let (batches, last_trigger) = drain(&engine, subscription).await;
+        let want = rows(&engine.query(select).await.expect("bounded"));
+        let got = if emit.starts_with("EMIT COMPLETE") {
+            let all = rows_in_order(&batches);
+            all[all.len() - last_trigger..].to_vec()
+        } else {
+            last_per_key(&batches, *keys)
+        };
+        let got = {
+            let mut got = got;
+            got.sort();
+            got
+        };
+        assert!(!want.is_empty(), "{select}: the bounded query has rows");
+        same_rows(&format!("{select} {emit}"), &got, &want);
+    }
+}
