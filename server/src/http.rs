@@ -330,6 +330,23 @@ async fn run_sql(
     Ok(Json(wire::SqlResults { results }))
 }
 
+/// Starts a continuous query on the SQL runtime, so that the tasks it
+/// spawns (its triggers) run there, not on the HTTP workers.
+async fn start_on_sql_runtime<T: Send + 'static>(
+    state: &AppState,
+    start: impl std::future::Future<Output = sluice_engine::Result<T>> + Send + 'static,
+) -> ApiResult<T> {
+    Ok(state
+        .sql_runtime
+        .spawn(start)
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: format!("starting the query failed: {e}"),
+        })??)
+}
+
 /// `POST /v1/queries`: starts a persistent query (`CREATE STREAM ... AS
 /// SELECT ... EMIT ...` or `INSERT INTO ... SELECT ... EMIT ...`).
 async fn start_query(
@@ -338,16 +355,11 @@ async fn start_query(
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let request: wire::SqlRequest = parse_json(&body?)?;
     let engine = state.engine.clone();
-    // The query's task lives on the SQL runtime.
-    let handle = state
-        .sql_runtime
-        .spawn(async move { engine.start_query(&request.sql).await })
-        .await
-        .map_err(|e| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: format!("starting the query failed: {e}"),
-        })??;
+    let handle = start_on_sql_runtime(
+        &state,
+        async move { engine.start_query(&request.sql).await },
+    )
+    .await?;
     let info = handle.info();
     Ok((
         StatusCode::CREATED,
@@ -400,16 +412,8 @@ async fn push_query(
 ) -> ApiResult<Response> {
     let request: wire::SqlRequest = parse_json(&body?)?;
     let engine = state.engine.clone();
-    // The query's triggers run on the SQL runtime, not the HTTP workers.
-    let subscription = state
-        .sql_runtime
-        .spawn(async move { engine.subscribe(&request.sql).await })
-        .await
-        .map_err(|e| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: format!("starting the query failed: {e}"),
-        })??;
+    let subscription =
+        start_on_sql_runtime(&state, async move { engine.subscribe(&request.sql).await }).await?;
     let sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

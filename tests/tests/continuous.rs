@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::StreamExt;
 use sluice_engine::nexmark::{self, Events};
 use sluice_engine::{Durability, Engine, QueryHandle, Record, Subscription};
@@ -95,25 +94,7 @@ fn rows(batches: &[RecordBatch]) -> Vec<String> {
 
 /// Rows as text lines, in order.
 fn rows_in_order(batches: &[RecordBatch]) -> Vec<String> {
-    let options = FormatOptions::default().with_null("NULL");
-    let mut lines = Vec::new();
-    for batch in batches {
-        let formatters: Vec<ArrayFormatter<'_>> = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
-            .collect();
-        for row in 0..batch.num_rows() {
-            lines.push(
-                formatters
-                    .iter()
-                    .map(|f| f.value(row).to_string())
-                    .collect::<Vec<_>>()
-                    .join(" | "),
-            );
-        }
-    }
-    lines
+    sluice_tests::row_lines(batches)
 }
 
 /// The value columns of a stream (`SELECT *` adds the metadata columns).
@@ -293,20 +274,8 @@ async fn drain(engine: &Engine, subscription: &mut Subscription) -> (Vec<RecordB
 /// The last row per key (the first `keys` columns) of CHANGES output.
 fn last_per_key(batches: &[RecordBatch], keys: usize) -> Vec<String> {
     let mut last: HashMap<String, String> = HashMap::new();
-    let options = FormatOptions::default().with_null("NULL");
-    for batch in batches {
-        let formatters: Vec<ArrayFormatter<'_>> = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
-            .collect();
-        for row in 0..batch.num_rows() {
-            let values: Vec<String> = formatters
-                .iter()
-                .map(|f| f.value(row).to_string())
-                .collect();
-            last.insert(values[..keys].join(" | "), values.join(" | "));
-        }
+    for values in sluice_tests::row_cells(batches) {
+        last.insert(values[..keys].join(" | "), values.join(" | "));
     }
     let mut rows: Vec<String> = last.into_values().collect();
     rows.sort();

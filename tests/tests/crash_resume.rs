@@ -6,7 +6,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use sluice_engine::{Durability, Engine};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_crash_child");
@@ -51,7 +50,6 @@ async fn output_rows(dir: &std::path::Path) -> Vec<(String, Vec<String>)> {
         .open()
         .await
         .expect("engine opens");
-    let options = FormatOptions::default().with_null("NULL");
     let mut all = Vec::new();
     for sink in SINKS {
         let columns: Vec<String> = engine
@@ -68,23 +66,7 @@ async fn output_rows(dir: &std::path::Path) -> Vec<(String, Vec<String>)> {
             .query(&format!("SELECT {} FROM {sink}", columns.join(", ")))
             .await
             .expect("output stream");
-        let mut rows = Vec::new();
-        for batch in &batches {
-            let formatters: Vec<ArrayFormatter<'_>> = batch
-                .columns()
-                .iter()
-                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
-                .collect();
-            for row in 0..batch.num_rows() {
-                rows.push(
-                    formatters
-                        .iter()
-                        .map(|f| f.value(row).to_string())
-                        .collect::<Vec<_>>()
-                        .join(" | "),
-                );
-            }
-        }
+        let mut rows = sluice_tests::row_lines(&batches);
         rows.sort();
         all.push((sink.to_string(), rows));
     }
