@@ -344,3 +344,93 @@ async fn emit_changes_and_complete_end_at_the_bounded_result() {
         same_rows(&format!("{select} {emit}"), &got, &want);
     }
 }
+
+async fn small_engine(dir: &std::path::Path) -> Engine {
+    let engine = Engine::builder(dir)
+        .durability(Durability::Os)
+        .target_partitions(2)
+        .open()
+        .await
+        .expect("engine opens");
+    engine
+        .execute(
+            "CREATE STREAM s (id BIGINT, t TIMESTAMP, WATERMARK FOR t AS t - INTERVAL '1' SECOND) \
+             WITH (topic = 'events', partitions = 2)",
+        )
+        .await
+        .expect("stream");
+    engine
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_records_per_trigger_bounds_every_trigger() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = small_engine(dir.path()).await;
+    let values: Vec<String> = (0..20)
+        .map(|i| format!("({i}, '2026-01-01T00:00:{i:02}Z')"))
+        .collect();
+    engine
+        .execute(&format!("INSERT INTO s VALUES {}", values.join(", ")))
+        .await
+        .expect("rows");
+    let query = engine
+        .start_query(
+            "CREATE STREAM copied AS SELECT id FROM s \
+             EMIT CHANGES EVERY INTERVAL '10' MILLISECOND WITH (max_records_per_trigger = 4)",
+        )
+        .await
+        .expect("query");
+    caught_up(&query).await;
+    let triggers = query.recent_progress();
+    assert!(
+        triggers.iter().all(|p| p.num_input_rows <= 4),
+        "{triggers:?}"
+    );
+    let read: u64 = triggers.iter().map(|p| p.num_input_rows).sum();
+    assert_eq!(read, 20, "every record read once");
+    let copied = engine
+        .query("SELECT count(*) FROM copied")
+        .await
+        .expect("count");
+    assert_eq!(rows(&copied), vec!["20".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_the_last_window_when_input_stops() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = small_engine(dir.path()).await;
+    let query = engine
+        .start_query(
+            "CREATE STREAM per_window AS \
+             SELECT window_start, count(*) AS n FROM TUMBLE(s, t, INTERVAL '10' SECOND) \
+             GROUP BY window_start, window_end \
+             EMIT ON WINDOW CLOSE EVERY INTERVAL '20' MILLISECOND \
+             WITH (idle_timeout = '300 ms')",
+        )
+        .await
+        .expect("query");
+    engine
+        .execute(
+            "INSERT INTO s VALUES (1, '2026-01-01T00:00:07Z'), (2, '2026-01-01T00:00:08Z'); \
+             INSERT INTO s VALUES (3, '2026-01-01T00:00:09Z');",
+        )
+        .await
+        .expect("rows");
+    // No record will ever pass 00:00:11; only the idle timeout can close
+    // [00:00, 00:10): once both partitions are silent for 300 ms, the
+    // watermark (00:00:08) moves on with wall-clock time. The deadline only
+    // keeps a broken build from hanging.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let output = engine
+            .query("SELECT window_start, n FROM per_window")
+            .await
+            .expect("output");
+        if !output.iter().all(|b| b.num_rows() == 0) {
+            assert_eq!(rows(&output), vec!["2026-01-01T00:00:00 | 3".to_string()]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", query.progress());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
