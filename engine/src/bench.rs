@@ -349,6 +349,9 @@ pub struct NexmarkBenchOptions {
     pub partitions: u32,
     /// DataFusion target partitions (default: cores).
     pub target_partitions: usize,
+    /// The query's `max_records_per_trigger` (none: the whole backlog in
+    /// one trigger).
+    pub max_records_per_trigger: Option<u64>,
 }
 
 /// What one Nexmark run measured.
@@ -418,7 +421,11 @@ pub async fn run_nexmark_bench(
     // rows are counted and dropped.
     let mut subscriptions = Vec::new();
     for statement in &statements {
-        subscriptions.push(engine.subscribe(statement).await?);
+        let statement = match options.max_records_per_trigger {
+            Some(max) => format!("{statement} WITH (max_records_per_trigger = {max})"),
+            None => statement.clone(),
+        };
+        subscriptions.push(engine.subscribe(&statement).await?);
     }
     let mut events_read = 0;
     let mut output_rows = 0u64;

@@ -161,6 +161,10 @@ pub(crate) struct NexmarkArgs {
     /// Threads the query uses (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Records each trigger reads at most (default: the whole backlog in
+    /// one trigger).
+    #[arg(long)]
+    max_records_per_trigger: Option<u64>,
     /// Directory for the bench's data (default: a temporary directory,
     /// removed afterwards).
     #[arg(long)]
@@ -187,6 +191,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1),
+        max_records_per_trigger: args.max_records_per_trigger,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
@@ -210,6 +215,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         "fraction_of_decode_limit": round(report.events_per_cpu_s / report.decode_limit_events_per_s),
         "output_rows": report.output_rows,
         "triggers": report.triggers,
+        "max_records_per_trigger": options.max_records_per_trigger,
         "peak_rss_bytes": report.peak_rss_bytes,
         "end_rss_bytes": report.end_rss_bytes,
     });
