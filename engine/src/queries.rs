@@ -334,7 +334,9 @@ impl Queries {
             tokio::task::spawn_blocking(move || load_checkpoint(&storage, &id))
                 .await
                 .map_err(|e| Error::Internal(format!("loading checkpoint: {e}")))??;
-        let next_output_partition = checkpoint.as_ref().map_or(0, |c| c.next_output_partition);
+        let resume_at = checkpoint
+            .as_ref()
+            .map_or((0, 0), |c| (c.next_output_partition, c.state_chunks));
         let runner = Runner::new(
             record.id.clone(),
             self.sql.clone(),
@@ -343,7 +345,7 @@ impl Queries {
             &columns_text(&schema),
             checkpoint.map(|c| (c, state)),
         )?;
-        self.launch(record, runner, sink, columns, next_output_partition);
+        self.launch(record, runner, sink, columns, resume_at);
         Ok(())
     }
 
@@ -392,16 +394,15 @@ impl Queries {
         }
         let schema = planned.logical_plan.schema().as_arrow().clone();
         let id = self.next_id();
-        // Checks the query before anything is created.
-        let probe = Runner::new(
+        // Built (and so checked) before anything is created.
+        let runner = Runner::new(
             id.clone(),
             self.sql.clone(),
-            query.clone(),
+            query,
             plan.clone(),
             &columns_text(&schema),
             None,
         )?;
-        drop(probe);
         let sink_def = match create {
             Some(create) => {
                 self.create_sink(create, &schema).await?;
@@ -425,14 +426,6 @@ impl Queries {
             .await
             .map_err(|e| Error::Internal(format!("creating the late topic: {e}")))??;
         }
-        let runner = Runner::new(
-            id.clone(),
-            self.sql.clone(),
-            query,
-            plan,
-            &columns_text(&schema),
-            None,
-        )?;
         let record = QueryRecord {
             name: if self.by_name(&sink).is_some() {
                 format!("{sink}_{id}")
@@ -452,7 +445,7 @@ impl Queries {
             .await
             .map_err(|e| Error::Internal(format!("saving the query: {e}")))??;
         let id = record.id.clone();
-        let handle = self.launch(record, runner, sink_def, columns, 0);
+        let handle = self.launch(record, runner, sink_def, columns, (0, 0));
         debug_assert_eq!(handle.id(), id);
         Ok(handle)
     }
@@ -506,7 +499,7 @@ impl Queries {
         runner: Runner,
         sink: Arc<StreamDef>,
         columns: Vec<String>,
-        next_output_partition: u64,
+        (next_partition, state_chunks): (u64, usize),
     ) -> QueryHandle {
         let handle = self.handle(record, runner.plan().sources.clone());
         handle.set_committed(runner.positions().to_vec());
@@ -520,7 +513,8 @@ impl Queries {
             Sink {
                 def: sink,
                 columns,
-                next_partition: next_output_partition,
+                next_partition,
+                state_chunks,
             },
             stop,
         ));
@@ -607,6 +601,8 @@ struct Sink {
     def: Arc<StreamDef>,
     columns: Vec<String>,
     next_partition: u64,
+    /// State chunks the last commit wrote (the stale ones are deleted).
+    state_chunks: usize,
 }
 
 /// The trigger loop of one persistent query.
@@ -700,15 +696,14 @@ async fn commit(
     if let Some(late_topic) = late_topic
         && !late.is_empty()
     {
-        let copies = copy_records(storage, &runner.source().topic, &late)?;
+        let (reader, topic) = (storage.clone(), runner.source().topic.clone());
+        let copies = tokio::task::spawn_blocking(move || copy_records(&reader, &topic, &late))
+            .await
+            .map_err(|e| Error::Internal(format!("copying late rows: {e}")))??;
         if !copies.is_empty() {
             write.append(late_topic.to_string(), 0, copies);
         }
     }
-    let old_chunks = storage
-        .state_get(StateSpace::Checkpoints, checkpoint_key(id).as_bytes())?
-        .and_then(|bytes| serde_json::from_slice::<Checkpoint>(&bytes).ok())
-        .map_or(0, |c| c.state_chunks);
     let chunks = match runner.state() {
         Some(state) => state_chunks(state.batches())?,
         None => Vec::new(),
@@ -720,7 +715,7 @@ async fn commit(
             chunk.clone(),
         );
     }
-    for n in chunks.len()..old_chunks {
+    for n in chunks.len()..sink.state_chunks {
         write.delete(StateSpace::Checkpoints, state_key(id, n).into_bytes());
     }
     let checkpoint = runner.checkpoint(sink.next_partition, chunks.len());
@@ -732,6 +727,7 @@ async fn commit(
         bytes,
     );
     storage.commit(write).await?;
+    sink.state_chunks = chunks.len();
     progress.durations_ms.commit = commit_started.elapsed().as_secs_f64() * 1e3;
     progress.trigger_duration_ms += progress.durations_ms.commit;
     Ok(progress)
