@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use serde_json::json;
 use sluice_engine::bench::{
-    NexmarkBenchOptions, QueryBenchOptions, run_nexmark_bench, run_query_bench,
+    LatencyBenchOptions, NexmarkBenchOptions, QueryBenchOptions, run_latency_bench,
+    run_nexmark_bench, run_query_bench,
 };
 use sluice_engine::storage::Durability;
 use sluice_engine::storage::bench::{IngestBenchOptions, run_ingest};
@@ -169,6 +170,57 @@ pub(crate) struct NexmarkArgs {
     /// removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Measure window-close latency instead of throughput: produce events
+    /// in real time for this many seconds while the query runs as a
+    /// persistent query (q5-core, q7-core, q12).
+    #[arg(long)]
+    latency_seconds: Option<f64>,
+    /// Latency mode: events produced per wall-clock second (event time runs
+    /// rate / 10,000 times faster than the clock).
+    #[arg(long, default_value_t = 100_000)]
+    rate: usize,
+    /// Latency mode: the query's trigger interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    trigger_ms: u64,
+}
+
+/// `sluice bench nexmark --latency-seconds S`: window-close latency.
+fn nexmark_latency(args: &NexmarkArgs, seconds: f64, threads: usize) -> anyhow::Result<()> {
+    if !seconds.is_finite() || seconds <= 0.0 || args.rate == 0 || args.trigger_ms == 0 {
+        bail!("--latency-seconds, --rate and --trigger-ms must be positive");
+    }
+    let (dir, _temporary) = bench_dir(args.dir.as_ref())?;
+    let options = LatencyBenchOptions {
+        query: args.query.clone(),
+        partitions: args.partitions,
+        rate: args.rate,
+        seconds,
+        trigger_ms: args.trigger_ms,
+        target_partitions: threads,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime
+        .block_on(run_latency_bench(&dir, &options))
+        .context("running the latency bench")?;
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let output = json!({
+        "bench": "nexmark-latency",
+        "query": options.query,
+        "partitions": options.partitions,
+        "threads": threads,
+        "rate": options.rate,
+        "seconds": seconds,
+        "events": report.events,
+        "event_time_compression": report.compression,
+        "trigger_ms": options.trigger_ms,
+        "windows": report.windows,
+        "missing_windows": report.missing,
+        "p50_ms": round(report.quantile_ms(0.5)),
+        "p99_ms": round(report.quantile_ms(0.99)),
+        "max_ms": round(report.quantile_ms(1.0)),
+    });
+    println!("{output}");
+    Ok(())
 }
 
 /// `sluice bench nexmark`: loads Nexmark events, then runs one query as a
@@ -182,15 +234,19 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         );
     }
     sluice_engine::nexmark::query(&args.query)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    if let Some(seconds) = args.latency_seconds {
+        return nexmark_latency(&args, seconds, threads);
+    }
     let (dir, _temporary) = bench_dir(args.dir.as_ref())?;
     let options = NexmarkBenchOptions {
         query: args.query,
         events: args.events,
         partitions: args.partitions,
-        target_partitions: args
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1),
+        target_partitions: threads,
         max_records_per_trigger: args.max_records_per_trigger,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -46,6 +46,6 @@ pub use scan::{
     StreamProvider, TopicOffsets,
 };
 pub use window::{
-    HopStarts, WINDOW_END, WINDOW_START, WindowFunction, WindowKind, WindowRelationPlanner,
-    window_function,
+    HopStarts, Panes, WINDOW_END, WINDOW_START, WindowFunction, WindowKind, WindowRelationPlanner,
+    pane_query, window_function,
 };

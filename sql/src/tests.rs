@@ -278,3 +278,83 @@ fn scripts_split_at_semicolons_outside_quotes() {
     assert!(pieces[1].continuous, "{pieces:?}");
     assert_eq!(pieces[2].text, "SELECT ';'");
 }
+
+#[test]
+fn hop_aggregates_are_computed_over_panes_when_exact() {
+    let pane = |sql: &str| {
+        let Statement::Query(query) = one(sql) else {
+            panic!("not a query: {sql}")
+        };
+        crate::pane_query(&query).map(|(q, panes)| (q.query.to_string(), panes))
+    };
+    let (rewritten, panes) = pane(
+        "SELECT auction, count(*) AS num, window_start AS starttime
+         FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+         WHERE price > 10
+         GROUP BY window_start, window_end, auction
+         HAVING count(*) > 1
+         EMIT ON WINDOW CLOSE",
+    )
+    .expect("q5's core runs over panes");
+    assert_eq!(
+        panes,
+        crate::Panes {
+            pane_ms: 2_000,
+            slide_ms: 2_000,
+            size_ms: 10_000
+        }
+    );
+    assert!(
+        rewritten.contains("FROM TUMBLE(bid, date_time, INTERVAL '2000 milliseconds')"),
+        "{rewritten}"
+    );
+    // Slide and size that do not divide: panes of their gcd.
+    let (_, panes) = pane(
+        "SELECT count(*) FROM HOP(bid, date_time, INTERVAL '4' SECOND, INTERVAL '6' SECOND)
+         GROUP BY window_start EMIT CHANGES",
+    )
+    .expect("panes");
+    assert_eq!(panes.pane_ms, 2_000);
+
+    // The window columns used as values keep the row-copying plan.
+    for sql in [
+        "SELECT count(*) FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+         WHERE window_start > TIMESTAMP '2020-01-01 00:00:00' GROUP BY window_start EMIT CHANGES",
+        "SELECT max(window_end) FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+         GROUP BY window_start EMIT CHANGES",
+        "SELECT count(*) FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+         GROUP BY window_end EMIT CHANGES",
+        "SELECT count(*) FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+         GROUP BY date_trunc('minute', window_start) EMIT CHANGES",
+        "SELECT count(*) FROM TUMBLE(bid, date_time, INTERVAL '2' SECOND)
+         GROUP BY window_start EMIT CHANGES",
+        "SELECT count(*) FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '2' SECOND)
+         GROUP BY window_start EMIT CHANGES",
+    ] {
+        assert!(pane(sql).is_none(), "{sql}");
+    }
+}
+
+#[test]
+fn a_pane_counts_in_every_window_that_holds_it() {
+    let panes = crate::Panes {
+        pane_ms: 2,
+        slide_ms: 4,
+        size_ms: 6,
+    };
+    // Windows [-4,2), [0,6), [4,10), ...: pane [0,2) is in the first two,
+    // pane [2,4) only in [0,6), pane [4,6) in [0,6) and [4,10).
+    assert_eq!(panes.window_starts(0).collect::<Vec<_>>(), vec![-4, 0]);
+    assert_eq!(panes.window_starts(2).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(panes.window_starts(4).collect::<Vec<_>>(), vec![0, 4]);
+    assert_eq!(panes.window_starts(-2).collect::<Vec<_>>(), vec![-4]);
+    let q5 = crate::Panes {
+        pane_ms: 2_000,
+        slide_ms: 2_000,
+        size_ms: 10_000,
+    };
+    assert_eq!(
+        q5.window_starts(10_000).collect::<Vec<_>>(),
+        vec![2_000, 4_000, 6_000, 8_000, 10_000]
+    );
+}

@@ -638,3 +638,161 @@ impl ScalarUDFImpl for HopStarts {
         Ok(ColumnarValue::Array(Arc::new(list)))
     }
 }
+
+/// How a `HOP` aggregate is computed over panes: rows are aggregated once
+/// into tumbling panes of `pane_ms` (the greatest common divisor of slide
+/// and size, so that every pane lies wholly inside or outside each window),
+/// and each pane's partial state is then counted in the `size / slide`
+/// windows that hold it — instead of copying every row into each of its
+/// windows before aggregating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Panes {
+    pub pane_ms: i64,
+    pub slide_ms: i64,
+    pub size_ms: i64,
+}
+
+impl Panes {
+    /// The starts of the windows that hold the pane starting at `pane_start`,
+    /// oldest first.
+    pub fn window_starts(&self, pane_start: i64) -> impl Iterator<Item = i64> + use<> {
+        let slide = self.slide_ms;
+        // Windows [w, w + size) with w <= pane_start and pane_end <= w + size.
+        let lowest = pane_start + self.pane_ms - self.size_ms;
+        let first = lowest.div_euclid(slide) * slide
+            + if lowest.rem_euclid(slide) == 0 {
+                0
+            } else {
+                slide
+            };
+        let last = pane_start.div_euclid(slide) * slide;
+        (0..)
+            .map(move |k| first + k * slide)
+            .take_while(move |w| *w <= last)
+    }
+}
+
+/// The pane form of a `HOP` aggregate, when the query allows it: the same
+/// query over `TUMBLE(<stream>, <time>, <pane>)`, and the panes.
+///
+/// The rewrite is exact only when the window columns are used as the
+/// windows themselves: grouped by (`window_start` must be a `GROUP BY`
+/// column) and read above the aggregate. A query that filters on them
+/// (`WHERE`), or passes them to a function (an aggregate's argument, or an
+/// expression the planner might push below the aggregate), keeps the
+/// row-copying plan.
+pub fn pane_query(query: &crate::StreamingQuery) -> Option<(crate::StreamingQuery, Panes)> {
+    use std::ops::ControlFlow;
+
+    use datafusion::sql::sqlparser::ast::visit_expressions;
+
+    let SetExpr::Select(select) = query.query.body.as_ref() else {
+        return None;
+    };
+    let [
+        TableWithJoins {
+            relation: factor,
+            joins,
+        },
+    ] = select.from.as_slice()
+    else {
+        return None;
+    };
+    if !joins.is_empty() {
+        return None;
+    }
+    let window = window_function(factor)?.ok()?;
+    let WindowKind::Hop { slide_ms, size_ms } = window.kind else {
+        return None;
+    };
+    if slide_ms == size_ms {
+        return None;
+    }
+    let panes = Panes {
+        pane_ms: gcd(slide_ms, size_ms),
+        slide_ms,
+        size_ms,
+    };
+    let names_window = |expr: &ast::Expr| {
+        visit_expressions(expr, |e| {
+            if is_window_column(e) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .is_break()
+    };
+    if select.selection.as_ref().is_some_and(names_window) {
+        return None;
+    }
+    let GroupByExpr::Expressions(groups, modifiers) = &select.group_by else {
+        return None;
+    };
+    if !modifiers.is_empty() {
+        return None;
+    }
+    let grouped_by_start = groups.iter().any(|g| {
+        is_window_column(g)
+            && unqualified(g)
+                .to_string()
+                .eq_ignore_ascii_case(WINDOW_START)
+    });
+    // A group expression over a window column other than the column itself.
+    let computed_group = groups
+        .iter()
+        .any(|g| !is_window_column(g) && names_window(g));
+    if !grouped_by_start || computed_group {
+        return None;
+    }
+    // Inside a function call, a window column may be an aggregate argument.
+    let in_function = |expr: &ast::Expr| {
+        visit_expressions(expr, |e| match e {
+            ast::Expr::Function(_) if names_window(e) => ControlFlow::Break(()),
+            ast::Expr::Subquery(_) | ast::Expr::Exists { .. } | ast::Expr::InSubquery { .. } => {
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        })
+        .is_break()
+    };
+    let in_items = select.projection.iter().any(|item| match item {
+        ast::SelectItem::UnnamedExpr(expr) | ast::SelectItem::ExprWithAlias { expr, .. } => {
+            in_function(expr)
+        }
+        _ => false,
+    });
+    if in_items || select.having.as_ref().is_some_and(in_function) || select.qualify.is_some() {
+        return None;
+    }
+
+    let mut rewritten = query.clone();
+    let SetExpr::Select(select) = rewritten.query.body.as_mut() else {
+        return None;
+    };
+    let TableFactor::Table {
+        name,
+        args: Some(args),
+        ..
+    } = &mut select.from[0].relation
+    else {
+        return None;
+    };
+    let interval = Parser::new(&GenericDialect {})
+        .try_with_sql(&format!("INTERVAL '{} milliseconds'", panes.pane_ms))
+        .and_then(|mut p| p.parse_expr())
+        .ok()?;
+    args.args.truncate(2);
+    args.args
+        .push(FunctionArg::Unnamed(FunctionArgExpr::Expr(interval)));
+    let last = name.0.len() - 1;
+    name.0[last] = ast::ObjectNamePart::Identifier(ast::Ident::new("TUMBLE"));
+    Some((rewritten, panes))
+}
+
+fn gcd(mut a: i64, mut b: i64) -> i64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.abs()
+}

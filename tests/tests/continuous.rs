@@ -170,8 +170,23 @@ async fn nexmark_queries_match_their_bounded_results() {
     // Queries start before the data arrives and read it as it is loaded.
     let mut queries = Vec::new();
     // Beyond Nexmark: sessions (merging across triggers and partitions),
-    // HAVING, and aggregates whose states are not plain values.
+    // HAVING, aggregates whose states are not plain values, and hopping
+    // windows whose slide does not divide their size, both over panes (of
+    // 1 s) and over copied rows (a window column as an aggregate argument).
     let extra = [
+        (
+            "hop-panes",
+            "SELECT auction, window_start, window_end, count(DISTINCT bidder) AS bidders, \
+               sum(price) AS total, min(price) AS low \
+             FROM HOP(bid, date_time, INTERVAL '3' SECOND, INTERVAL '7' SECOND) \
+             GROUP BY auction, window_start, window_end EMIT ON WINDOW CLOSE",
+        ),
+        (
+            "hop-copies",
+            "SELECT window_start, max(window_end) AS last_end, count(*) AS bids \
+             FROM HOP(bid, date_time, INTERVAL '3' SECOND, INTERVAL '7' SECOND) \
+             GROUP BY window_start EMIT ON WINDOW CLOSE",
+        ),
         (
             "session",
             "SELECT bidder, window_start, window_end, count(*) AS bids, max(price) AS top \

@@ -17,12 +17,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray,
+    Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{
     SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
 };
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -37,7 +37,7 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::udaf::AggregateFunctionExpr;
 use datafusion::physical_plan::{ExecutionPlan, collect};
-use sluice_sql::{WINDOW_END, WINDOW_START, from_datafusion};
+use sluice_sql::{Panes, WINDOW_END, WINDOW_START, from_datafusion};
 
 use crate::error::{Error, Result};
 
@@ -253,34 +253,72 @@ impl AggregateState {
     /// Folds the micro-batch that `stages.input` reads into the state.
     /// Window rows of windows that closed at or before `closed_before` (the
     /// watermark of the previous trigger) are left out.
+    ///
+    /// With `panes`, the micro-batch is read through the pane form of the
+    /// query (its own stages): rows are aggregated once per pane, and each
+    /// pane's states then go into every window that holds the pane.
     pub(crate) async fn update(
         &mut self,
         stages: &AggregateStages,
+        panes: Option<(&AggregateStages, Panes)>,
         window: Option<WindowClose>,
         closed_before: Option<i64>,
         context: Arc<TaskContext>,
     ) -> Result<Update> {
-        let mut input = stages.input.clone();
-        if let (Some(watermark), Some(WindowClose::Fixed { size_ms }), Some(index)) =
-            (closed_before, window, stages.window_start_group())
-        {
-            let start = stages.group_by.expr()[index].0.clone();
-            let bound = ScalarValue::TimestampMillisecond(Some(watermark - size_ms), None);
-            let open = Arc::new(BinaryExpr::new(
-                start,
-                Operator::Gt,
-                Arc::new(Literal::new(bound)),
-            ));
-            input = Arc::new(FilterExec::try_new(open, input).map_err(from_datafusion)?);
-        }
-        let partial = stages.stage(AggregateMode::Partial, input)?;
-        let schema = partial.schema();
-        let partials: Vec<RecordBatch> = collect(partial, context.clone())
-            .await
-            .map_err(from_datafusion)?
-            .into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .collect();
+        let (partials, schema) = match panes {
+            Some((pane_stages, panes)) => {
+                let schema = stages
+                    .stage(AggregateMode::Partial, stages.input.clone())?
+                    .schema();
+                let partial =
+                    pane_stages.stage(AggregateMode::Partial, pane_stages.input.clone())?;
+                if !same_layout(&partial.schema(), &schema) {
+                    return Err(Error::Internal(format!(
+                        "the pane plan's states ({:?}) differ from the query's ({schema:?})",
+                        partial.schema()
+                    )));
+                }
+                let start = pane_stages.window_start_group().ok_or_else(|| {
+                    Error::Internal("the pane plan does not group by window_start".into())
+                })?;
+                let end = pane_stages.window_end_group();
+                let mut windows = Vec::new();
+                for batch in collect(partial, context.clone())
+                    .await
+                    .map_err(from_datafusion)?
+                {
+                    let expanded = expand_panes(&batch, &schema, start, end, panes, closed_before)?;
+                    if expanded.num_rows() > 0 {
+                        windows.push(expanded);
+                    }
+                }
+                (windows, schema)
+            }
+            None => {
+                let mut input = stages.input.clone();
+                if let (Some(watermark), Some(WindowClose::Fixed { size_ms }), Some(index)) =
+                    (closed_before, window, stages.window_start_group())
+                {
+                    let start = stages.group_by.expr()[index].0.clone();
+                    let bound = ScalarValue::TimestampMillisecond(Some(watermark - size_ms), None);
+                    let open = Arc::new(BinaryExpr::new(
+                        start,
+                        Operator::Gt,
+                        Arc::new(Literal::new(bound)),
+                    ));
+                    input = Arc::new(FilterExec::try_new(open, input).map_err(from_datafusion)?);
+                }
+                let partial = stages.stage(AggregateMode::Partial, input)?;
+                let schema = partial.schema();
+                let partials: Vec<RecordBatch> = collect(partial, context.clone())
+                    .await
+                    .map_err(from_datafusion)?
+                    .into_iter()
+                    .filter(|b| b.num_rows() > 0)
+                    .collect();
+                (partials, schema)
+            }
+        };
         match &self.schema {
             Some(stored) if !same_layout(stored, &schema) => {
                 return Err(Error::InvalidInput(format!(
@@ -447,6 +485,53 @@ pub(crate) enum Pick<'a> {
     All,
     /// The groups one update touched (`CHANGES`).
     Touched(&'a Update),
+}
+
+/// Partial states per pane (`window_start`/`window_end` the pane's bounds)
+/// as partial states per window: each row once for every window holding
+/// its pane, with that window's bounds, leaving out windows that closed at
+/// or before `closed_before`.
+fn expand_panes(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    start: usize,
+    end: Option<usize>,
+    panes: Panes,
+    closed_before: Option<i64>,
+) -> Result<RecordBatch> {
+    let pane_starts = timestamps(batch, Some(start))?;
+    let per_pane = (panes.size_ms / panes.slide_ms) as usize + 1;
+    let mut rows: Vec<u32> = Vec::with_capacity(batch.num_rows() * per_pane);
+    let mut window_starts: Vec<i64> = Vec::with_capacity(rows.capacity());
+    for row in 0..batch.num_rows() {
+        if pane_starts.is_null(row) {
+            continue;
+        }
+        for window in panes.window_starts(pane_starts.value(row)) {
+            if closed_before.is_some_and(|watermark| window + panes.size_ms <= watermark) {
+                continue;
+            }
+            rows.push(row as u32);
+            window_starts.push(window);
+        }
+    }
+    let taken = take_record_batch(batch, &UInt32Array::from(rows))
+        .map_err(|e| Error::Internal(format!("expanding panes: {e}")))?;
+    let mut columns = taken.columns().to_vec();
+    let bounds = |index: usize, values: Vec<i64>| -> ArrayRef {
+        let time_zone = match schema.field(index).data_type() {
+            DataType::Timestamp(_, time_zone) => time_zone.clone(),
+            _ => None,
+        };
+        Arc::new(TimestampMillisecondArray::from(values).with_timezone_opt(time_zone))
+    };
+    if let Some(end) = end {
+        let ends = window_starts.iter().map(|w| w + panes.size_ms).collect();
+        columns[end] = bounds(end, ends);
+    }
+    columns[start] = bounds(start, window_starts);
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| Error::Internal(format!("expanded panes: {e}")))
 }
 
 /// A window column of the state.

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::physical_plan::collect;
+use datafusion::physical_plan::{ExecutionPlan, collect};
 use serde::{Deserialize, Serialize};
 use sluice_sql::analysis::{QueryShape, StartPosition, StreamingPlan};
 use sluice_sql::{
-    EmitMode, EventTimeFilter, ScanReport, Snapshot, SqlContext, StreamDef, StreamingQuery,
+    EmitMode, EventTimeFilter, Panes, ScanReport, Snapshot, SqlContext, StreamDef, StreamingQuery,
     WindowKind, from_datafusion,
 };
 use sluice_storage::Storage;
@@ -72,6 +72,13 @@ pub(crate) struct Runner {
     last_start: Option<Instant>,
     /// Rows a stateless query may still emit (its `LIMIT`).
     remaining: Option<usize>,
+    /// For a `HOP` aggregate computed over panes: the pane form of the
+    /// query, which reads the micro-batch, and the panes.
+    panes: Option<(StreamingQuery, Panes)>,
+    /// The query's own physical plan, when `panes` reads the micro-batch:
+    /// its aggregate and the operators above it (planned once; its scan is
+    /// never run).
+    window_plan: Option<Arc<dyn ExecutionPlan>>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -167,6 +174,14 @@ impl Runner {
                 stateful.then(AggregateState::default),
             ),
         };
+        let panes = match (&plan.shape, &plan.window) {
+            (QueryShape::WindowedAggregate, Some(window))
+                if matches!(window.kind, WindowKind::Hop { .. }) =>
+            {
+                sluice_sql::pane_query(&query)
+            }
+            _ => None,
+        };
         let watermarks = Watermarks::new(
             watermark_state,
             source.watermark_delay_ms,
@@ -187,6 +202,8 @@ impl Runner {
             batch_id,
             fingerprint,
             last_start: None,
+            panes,
+            window_plan: None,
         })
     }
 
@@ -274,10 +291,27 @@ impl Runner {
             column: self.source.event_time.clone(),
             late_before_ms,
         }));
+        let executed = self
+            .panes
+            .as_ref()
+            .map_or(&self.query, |(pane_query, _)| pane_query);
         let planned = self
             .sql
-            .plan_trigger(&self.query, snapshot, report.clone())
+            .plan_trigger(executed, snapshot.clone(), report.clone())
             .await?;
+        if self.panes.is_some() && self.window_plan.is_none() {
+            let window = self
+                .sql
+                .plan_trigger(&self.query, snapshot, report.clone())
+                .await?;
+            self.window_plan = Some(
+                window
+                    .state
+                    .create_physical_plan(&window.logical_plan)
+                    .await
+                    .map_err(from_datafusion)?,
+            );
+        }
         let physical = planned
             .state
             .create_physical_plan(&planned.logical_plan)
@@ -375,14 +409,23 @@ impl Runner {
     async fn aggregate_trigger(
         &mut self,
         state: &mut AggregateState,
-        physical: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        physical: &Arc<dyn ExecutionPlan>,
         context: Arc<datafusion::execution::TaskContext>,
         report: &ScanReport,
         ranges: &[(u64, u64)],
         watermark_before: Option<i64>,
         now: Instant,
     ) -> Result<Vec<RecordBatch>> {
-        let stages = AggregateStages::find(physical)?;
+        // With panes, `physical` is the pane plan: it reads the micro-batch,
+        // and the query's own plan aggregates and emits the windows.
+        let (plan, pane_stages) = match (&self.panes, &self.window_plan) {
+            (Some((_, panes)), Some(window_plan)) => (
+                window_plan.clone(),
+                Some((AggregateStages::find(physical)?, *panes)),
+            ),
+            _ => (physical.clone(), None),
+        };
+        let stages = AggregateStages::find(&plan)?;
         if matches!(self.window_close, Some(WindowClose::Session))
             && stages.window_end_group().is_none()
         {
@@ -395,6 +438,7 @@ impl Runner {
         let update = state
             .update(
                 &stages,
+                pane_stages.as_ref().map(|(s, panes)| (s, *panes)),
                 self.window_close,
                 watermark_before,
                 context.clone(),
@@ -418,9 +462,7 @@ impl Runner {
         }
         let (finals, final_schema) =
             AggregateState::finalize(&stages, picked, schema, context.clone()).await?;
-        stages
-            .run_upper(physical, finals, final_schema, context)
-            .await
+        stages.run_upper(&plan, finals, final_schema, context).await
     }
 
     fn note_event_times(&mut self, report: &ScanReport, ranges: &[(u64, u64)], now: Instant) {

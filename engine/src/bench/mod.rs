@@ -21,6 +21,10 @@ use sluice_storage::{Durability, Record, Storage};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
+mod latency;
+
+pub use latency::{LatencyBenchOptions, LatencyBenchReport, run_latency_bench};
+
 /// Options of [`run_query_bench`].
 #[derive(Debug, Clone)]
 pub struct QueryBenchOptions {
