@@ -206,6 +206,8 @@ fn produce_in_real_time(
     let mut events = crate::nexmark::Events::stream(total, EVENT_RATE, 1);
     let mut bid_max = vec![i64::MIN; partitions as usize];
     let mut watermark = i64::MIN;
+    // Windows ending before the first bid have no rows and no result.
+    let mut first_bid = i64::MAX;
     let mut closes = HashMap::new();
     let started = Instant::now();
     let mut produced = 0;
@@ -228,6 +230,8 @@ fn produce_in_real_time(
                         .max()
                         .unwrap_or(i64::MIN);
                     bid_max[partition] = bid_max[partition].max(newest);
+                    let oldest = part.iter().map(|r| r.timestamp_ms).min().unwrap_or(i64::MAX);
+                    first_bid = first_bid.min(oldest);
                 }
                 storage.append_blocking(topic, partition as u32, part)?;
             }
@@ -239,7 +243,9 @@ fn produce_in_real_time(
             if watermark != i64::MIN {
                 let mut end = watermark.div_euclid(slide) * slide + slide;
                 while end <= passed {
-                    closes.insert(end, now);
+                    if end > first_bid {
+                        closes.insert(end, now);
+                    }
                     end += slide;
                 }
             }
