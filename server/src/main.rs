@@ -3,6 +3,7 @@
 //! producer/consumer tools.
 
 mod bench;
+mod client;
 mod http;
 mod metrics;
 mod shell;
@@ -38,6 +39,10 @@ enum Command {
     Server(ServerArgs),
     /// Run SQL against a server (-c, -f, or statements on standard input).
     Shell(shell::ShellArgs),
+    /// Append NDJSON or CSV lines (from a file or standard input) to a topic.
+    Produce(client::ProduceArgs),
+    /// Print a topic's records (from the end, the beginning or an offset).
+    Consume(client::ConsumeArgs),
     /// Measure Sluice on this machine; prints one JSON object per run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -103,6 +108,8 @@ fn main() -> std::process::ExitCode {
                 }
             };
         }
+        Command::Produce(args) => client::produce(args),
+        Command::Consume(args) => client::consume(args),
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(args),
         Command::Bench(BenchCommand::Query(args)) => bench::query(args),
         Command::Bench(BenchCommand::Nexmark(args)) => bench::nexmark(args),
@@ -110,7 +117,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("Error: {error:?}");
+            eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }

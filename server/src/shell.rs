@@ -15,12 +15,11 @@ use futures::StreamExt;
 use serde_json::Value;
 use sluice_engine::split_statements;
 
+use crate::client::{Api, ServerAddress};
+
 /// Arguments of `sluice shell`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ShellArgs {
-    /// The server's base URL.
-    #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:7878")]
-    url: String,
     /// Run these statements and exit.
     #[arg(short = 'c', long = "command", conflicts_with = "file")]
     command: Option<String>,
@@ -30,9 +29,8 @@ pub(crate) struct ShellArgs {
     /// How results are printed.
     #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
     format: String,
-    /// Bearer token, for a server started with --auth-token.
-    #[arg(long, env = "SLUICE_AUTH_TOKEN", hide_env_values = true)]
-    auth_token: Option<String>,
+    #[command(flatten)]
+    server: ServerAddress,
 }
 
 /// How a script ended.
@@ -89,31 +87,23 @@ async fn run_script(client: &Client, script: &str, format: &str) -> anyhow::Resu
 }
 
 struct Client {
-    http: reqwest::Client,
+    api: Api,
     url: String,
-    token: Option<String>,
 }
 
 impl Client {
     fn new(args: &ShellArgs) -> anyhow::Result<Self> {
+        let api = Api::new(&args.server)?;
         Ok(Client {
-            http: reqwest::Client::builder()
-                .build()
-                .context("building the HTTP client")?,
-            url: args.url.trim_end_matches('/').to_string(),
-            token: args.auth_token.clone().filter(|t| !t.is_empty()),
+            url: api.url().to_string(),
+            api,
         })
     }
 
     fn post(&self, path: &str, sql: &str) -> reqwest::RequestBuilder {
-        let request = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .json(&serde_json::json!({ "sql": sql }));
-        match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
+        self.api
+            .request(reqwest::Method::POST, path)
+            .json(&serde_json::json!({ "sql": sql }))
     }
 
     /// Runs one statement; false when it failed (the error is printed).

@@ -582,3 +582,168 @@ fn the_shell_runs_scripts_and_says_by_its_exit_code_whether_they_failed() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("cannot reach the server"), "{err}");
 }
+
+#[test]
+fn produce_loads_lines_and_consume_prints_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The server takes bodies of 4 KiB at most: 50 records per request.
+    let server = Server::start(dir.path());
+    let url = format!("http://{}", server.address);
+    let sluice = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .args(["--url", &url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sluice");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        let output = child.wait_with_output().expect("wait");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (status, body) = server.post("/v1/topics", r#"{"name": "events", "partitions": 3}"#);
+    assert_eq!(status, 201, "{body}");
+
+    // NDJSON from standard input, keyed; a line that is not JSON is kept.
+    let mut input: String = (0..2_500)
+        .map(|i| format!("{{\"user\": \"u{}\", \"n\": {i}}}\n", i % 7))
+        .collect();
+    input.push_str("not json\n");
+    let (code, _, err) = sluice(
+        &["produce", "events", "--key-field", "user", "--batch", "50"],
+        &input,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("produced 2501 records"), "{err}");
+    assert!(err.contains("1 lines were not JSON"), "{err}");
+
+    // From the beginning: every line, byte for byte; one key, one partition.
+    let (code, out, err) = sluice(&["consume", "events", "--from-beginning"], "");
+    assert_eq!(code, Some(0), "{err}");
+    let mut got: Vec<&str> = out.lines().collect();
+    let mut want: Vec<&str> = input.lines().collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    let (_, out, _) = sluice(
+        &["consume", "events", "--from-beginning", "--format", "json"],
+        "",
+    );
+    let mut partitions_of_u3 = std::collections::HashSet::new();
+    for line in out.lines() {
+        let record = json(line);
+        if record["key"] == "u3" {
+            partitions_of_u3.insert(record["partition"].as_u64());
+        }
+    }
+    assert_eq!(partitions_of_u3.len(), 1, "a key stays in one partition");
+
+    // From an offset, with a limit; from the end there is nothing new.
+    let (code, out, _) = sluice(
+        &[
+            "consume",
+            "events",
+            "--partition",
+            "0",
+            "--offset",
+            "2",
+            "--limit",
+            "3",
+            "--format",
+            "json",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0));
+    let offsets: Vec<u64> = out
+        .lines()
+        .map(|l| json(l)["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(offsets, vec![2, 3, 4]);
+    let (code, out, err) = sluice(&["consume", "events"], "");
+    assert_eq!((code, out.as_str()), (Some(0), ""));
+    assert!(err.contains("--from-beginning"), "{err}");
+
+    // CSV with a header naming the key column.
+    let (code, _, err) = sluice(
+        &[
+            "produce",
+            "events",
+            "--format",
+            "csv",
+            "--header",
+            "--key-field",
+            "b",
+        ],
+        "a,b\n1,x\n2,\"y,z\"\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (_, out, _) = sluice(
+        &["consume", "events", "--from-beginning", "--format", "json"],
+        "",
+    );
+    assert!(out.contains(r#""key":"y,z","value":"2,\"y,z\"""#), "{out}");
+
+    // Following: records produced afterwards arrive, from every partition.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["consume", "events", "--follow", "--url", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run sluice consume --follow");
+    let mut lines = BufReader::new(follower.stdout.take().expect("stdout")).lines();
+    // Its requests are open once a produce reaches it; keep producing
+    // until the first line arrives.
+    let fresh: String = (0..30).map(|i| format!("{{\"fresh\": {i}}}\n")).collect();
+    let producer = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+                    .args(["produce", "events", "--url", &url])
+                    .stdin(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("produce");
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(fresh.as_bytes())
+                    .expect("write");
+                child.wait().expect("wait");
+            }
+        })
+    };
+    let first = lines.next().expect("a line").expect("read");
+    assert!(first.starts_with("{\"fresh\": "), "{first}");
+    producer.join().expect("producer");
+    follower.kill().expect("stop the follower");
+    follower.wait().expect("wait");
+
+    // Bad input: an unknown topic, a key column without a header.
+    let (code, _, err) = sluice(&["produce", "nope"], "{}\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown topic"), "{err}");
+    let (code, _, err) = sluice(
+        &["produce", "events", "--format", "csv", "--key-field", "b"],
+        "",
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("needs --header"), "{err}");
+    let (code, _, err) = sluice(&["consume", "nope", "--from-beginning"], "");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown topic"), "{err}");
+    server.stop();
+}

@@ -230,7 +230,11 @@ fn produce_in_real_time(
                         .max()
                         .unwrap_or(i64::MIN);
                     bid_max[partition] = bid_max[partition].max(newest);
-                    let oldest = part.iter().map(|r| r.timestamp_ms).min().unwrap_or(i64::MAX);
+                    let oldest = part
+                        .iter()
+                        .map(|r| r.timestamp_ms)
+                        .min()
+                        .unwrap_or(i64::MAX);
                     first_bid = first_bid.min(oldest);
                 }
                 storage.append_blocking(topic, partition as u32, part)?;
