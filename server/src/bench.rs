@@ -43,7 +43,7 @@ pub(crate) struct IngestArgs {
 
 pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     if args.http {
-        bail!("--http is not available yet: the ingest bench runs through the library API only");
+        return ingest_http(&args);
     }
     let options = IngestBenchOptions {
         records: args.records,
@@ -70,6 +70,136 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "baseline_records_per_s": report.baseline_records_per_s.round(),
         "ratio_to_baseline": (report.records_per_s / report.baseline_records_per_s * 1000.0).round() / 1000.0,
         "read_records_per_s": report.read_records_per_s.round(),
+    });
+    println!("{output}");
+    Ok(())
+}
+
+/// `sluice bench ingest --http`: the library figure first, then the same
+/// records through `POST /v1/topics/bench/records` of a `sluice server`
+/// the bench starts (a child process on a free loopback port), from
+/// `writers` concurrent clients, each request `batch` NDJSON values.
+fn ingest_http(args: &IngestArgs) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    if args.records == 0 || args.batch == 0 || args.writers == 0 || args.partitions == 0 {
+        bail!("--records, --batch, --writers and --partitions must all be positive");
+    }
+    let (dir, _temporary) = bench_dir(args.dir.as_ref())?;
+    let options = IngestBenchOptions {
+        records: args.records,
+        record_bytes: args.size,
+        partitions: args.partitions,
+        batch: args.batch,
+        writers: args.writers,
+        durability: args.durability,
+    };
+    let library = run_ingest(&dir.join("library"), &options).context("the library run")?;
+
+    // A JSON value of `size` bytes: {"pad":"..."}.
+    let padding = args.size.saturating_sub(r#"{"pad":""}"#.len()).max(1);
+    let pad: String = (0..padding)
+        .map(|i| (b'a' + ((i * 7 + i / 26) % 26) as u8) as char)
+        .collect();
+    let line = format!("{{\"pad\":\"{pad}\"}}\n");
+    let body = bytes::Bytes::from(line.repeat(args.batch));
+
+    let exe = std::env::current_exe().context("finding the sluice binary")?;
+    let mut server = std::process::Command::new(exe)
+        .args(["server", "--listen", "127.0.0.1:0", "--durability"])
+        .arg(args.durability.as_str())
+        .args([
+            "--max-body-bytes",
+            &(body.len() * 2).max(1 << 20).to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("server"))
+        .env("RUST_LOG", "info")
+        .env_remove("SLUICE_AUTH_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting sluice server")?;
+    let mut log = std::io::BufReader::new(server.stderr.take().context("server log")?);
+    let mut text = String::new();
+    let address = loop {
+        text.clear();
+        if log
+            .read_line(&mut text)
+            .context("reading the server's log")?
+            == 0
+        {
+            bail!("the server exited before listening");
+        }
+        if let Some(at) = text.find("address=") {
+            break text[at + "address=".len()..].trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in log.lines() {});
+    let url = format!("http://{address}");
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let created = client
+            .post(format!("{url}/v1/topics"))
+            .json(&json!({ "name": "bench", "partitions": args.partitions }))
+            .send()
+            .await
+            .context("creating the topic")?;
+        if !created.status().is_success() {
+            bail!(
+                "creating the topic: {}",
+                created.text().await.unwrap_or_default()
+            );
+        }
+        let requests = args.records.div_ceil(args.batch as u64);
+        let next = Arc::new(AtomicU64::new(0));
+        let started = std::time::Instant::now();
+        let mut writers = Vec::new();
+        for _ in 0..args.writers {
+            let (client, next, body) = (client.clone(), next.clone(), body.clone());
+            let path = format!("{url}/v1/topics/bench/records");
+            writers.push(tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < requests {
+                    let response = client
+                        .post(&path)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body.clone())
+                        .send()
+                        .await?;
+                    if !response.status().is_success() {
+                        bail!("a produce request failed: {}", response.text().await?);
+                    }
+                }
+                Ok::<(), anyhow::Error>(())
+            }));
+        }
+        for writer in writers {
+            writer.await??;
+        }
+        Ok((started.elapsed(), requests * args.batch as u64))
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    let (elapsed, records) = result?;
+    let records_per_s = records as f64 / elapsed.as_secs_f64();
+    let output = json!({
+        "bench": "ingest",
+        "durability": args.durability.as_str(),
+        "records": records,
+        "record_bytes": line.len() - 1,
+        "partitions": args.partitions,
+        "batch": args.batch,
+        "writers": args.writers,
+        "http": true,
+        "wall_s": elapsed.as_secs_f64(),
+        "records_per_s": records_per_s.round(),
+        "mb_per_s": (records_per_s * (line.len() - 1) as f64 / 1e6 * 10.0).round() / 10.0,
+        "library_records_per_s": library.records_per_s.round(),
+        "ratio_to_library": (records_per_s / library.records_per_s * 1000.0).round() / 1000.0,
     });
     println!("{output}");
     Ok(())

@@ -747,3 +747,29 @@ fn produce_loads_lines_and_consume_prints_them() {
     assert!(err.contains("unknown topic"), "{err}");
     server.stop();
 }
+
+#[test]
+fn the_ingest_bench_runs_through_a_server_it_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "bench",
+            "ingest",
+            "--http",
+            "--records",
+            "3000",
+            "--batch",
+            "100",
+        ])
+        .args(["--writers", "3", "--durability", "os", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run the bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report = json(String::from_utf8_lossy(&output.stdout).trim());
+    assert_eq!(report["http"], true);
+    assert_eq!(report["records"], 3000);
+    assert!(report["records_per_s"].as_f64().expect("rate") > 0.0);
+    assert!(report["library_records_per_s"].as_f64().expect("rate") > 0.0);
+}
