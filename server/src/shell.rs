@@ -5,12 +5,18 @@
 //! /v1/query` when it is continuous (its rows are printed as they arrive).
 //! The first statement that fails stops the script, and the exit code says
 //! so: 0 all ran, 1 a statement failed, 2 the server could not be reached.
+//!
+//! On a terminal, without `-c`/`-f`, the shell is interactive: a prompt,
+//! statements over several lines up to their `;`, backslash commands
+//! (`\help`), Ctrl-C to cancel the running statement. Lines are read in the
+//! terminal's own line mode (erase works; arrow-key editing and history
+//! recall do not yet).
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use anyhow::Context;
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use futures::StreamExt;
 use serde_json::Value;
 use sluice_engine::split_statements;
@@ -52,10 +58,14 @@ pub(crate) fn run(args: ShellArgs) -> anyhow::Result<Outcome> {
                 .context("reading standard input")?;
             sql
         }
-        (None, None) => bail!(
-            "the interactive shell is not built yet; run statements with -c '...', -f FILE, \
-             or pipe them on standard input"
-        ),
+        (None, None) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let client = Client::new(&args)?;
+            return runtime.block_on(interactive(&client, args.format.clone()));
+        }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,6 +94,172 @@ async fn run_script(client: &Client, script: &str, format: &str) -> anyhow::Resu
         }
     }
     Ok(Outcome::Ok)
+}
+
+const HELP: &str = "\
+Statements end with ';' and may span lines. A SELECT with EMIT is a push
+query: its rows print as they arrive, until Ctrl-C (or its LIMIT).
+  \\help               this text
+  \\timing             show how long each statement takes (on/off)
+  \\format table|json|csv
+                      how results print
+  \\q, \\quit, exit    leave (or Ctrl-D)
+Ctrl-C cancels the running statement, or clears the one being typed.
+SQL reference: docs/sql.md.";
+
+/// The interactive shell: a prompt, statements over as many lines as they
+/// need, backslash commands, Ctrl-C to cancel.
+async fn interactive(client: &Client, mut format: String) -> anyhow::Result<Outcome> {
+    let mut lines = stdin_lines();
+    let mut timing = false;
+    let mut buffer = String::new();
+    println!(
+        "sluice shell, connected to {} (\\help for help, \\q to leave)",
+        client.url
+    );
+    loop {
+        let prompt = if buffer.is_empty() {
+            "sluice> "
+        } else {
+            "   ...> "
+        };
+        print!("{prompt}");
+        std::io::stdout().flush()?;
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            _ = tokio::signal::ctrl_c() => {
+                // Ctrl-C at the prompt drops what was typed, as psql does.
+                println!();
+                buffer.clear();
+                continue;
+            }
+        };
+        let Some(line) = line else {
+            // Ctrl-D.
+            println!();
+            break;
+        };
+        let line = line?;
+        let trimmed = line.trim();
+        if buffer.is_empty() {
+            if trimmed.is_empty() {
+                continue;
+            }
+            if let Some(command) = trimmed.strip_prefix('\\') {
+                match backslash(command, &mut timing, &mut format) {
+                    Backslash::Quit => break,
+                    Backslash::Done => continue,
+                }
+            }
+            if matches!(trimmed.to_ascii_lowercase().as_str(), "exit" | "quit") {
+                break;
+            }
+        }
+        buffer.push_str(&line);
+        buffer.push('\n');
+        if !trimmed.ends_with(';') {
+            continue;
+        }
+        let script = std::mem::take(&mut buffer);
+        let statements = match split_statements(&script) {
+            Ok(statements) => statements,
+            Err(error) => {
+                eprintln!("error: {error}");
+                continue;
+            }
+        };
+        for statement in statements {
+            let started = std::time::Instant::now();
+            let run = async {
+                if statement.continuous {
+                    client.push_query(&statement.text, &format).await
+                } else {
+                    client.statement(&statement.text, &format).await
+                }
+            };
+            let ok = tokio::select! {
+                outcome = run => match outcome {
+                    Ok(ok) => ok,
+                    Err(error) => {
+                        eprintln!("error: {error:#}");
+                        false
+                    }
+                },
+                _ = tokio::signal::ctrl_c() => {
+                    // Dropping the request closes its connection: the
+                    // server cancels the query.
+                    eprintln!("cancelled");
+                    false
+                }
+            };
+            if timing {
+                println!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1e3);
+            }
+            if !ok {
+                break;
+            }
+        }
+    }
+    // As psql: a session's errors were shown as they happened; only
+    // scripts report them in the exit code.
+    Ok(Outcome::Ok)
+}
+
+enum Backslash {
+    Done,
+    Quit,
+}
+
+fn backslash(command: &str, timing: &mut bool, format: &mut String) -> Backslash {
+    let mut words = command.split_whitespace();
+    match (words.next().unwrap_or_default(), words.next()) {
+        ("q" | "quit", _) => return Backslash::Quit,
+        ("help" | "h" | "?", _) => println!("{HELP}"),
+        ("timing", None) => {
+            *timing = !*timing;
+            println!("Timing is {}.", if *timing { "on" } else { "off" });
+        }
+        ("timing", Some(value @ ("on" | "off"))) => {
+            *timing = value == "on";
+            println!("Timing is {value}.");
+        }
+        ("format", None) => println!("The format is {format}."),
+        ("format", Some(value @ ("table" | "json" | "csv"))) => {
+            *format = value.to_string();
+            println!("The format is {value}.");
+        }
+        ("format", Some(other)) => {
+            eprintln!("error: unknown format \"{other}\": use table, json or csv");
+        }
+        (other, _) => eprintln!("error: unknown command \\{other}; \\help lists the commands"),
+    }
+    Backslash::Done
+}
+
+/// Lines of standard input, read on their own thread so that the prompt
+/// can also wait for Ctrl-C.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        loop {
+            let mut line = String::new();
+            match stdin.read_line(&mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    let line = line.trim_end_matches(['\n', '\r']).to_string();
+                    if sender.blocking_send(Ok(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let _ = sender.blocking_send(Err(error));
+                    return;
+                }
+            }
+        }
+    });
+    receiver
 }
 
 struct Client {
@@ -160,8 +336,10 @@ impl Client {
                 let value: Value = serde_json::from_slice(&line).context("a malformed row")?;
                 if let Some(header) = value.get("header") {
                     columns = header["columns"].clone();
-                    if format == "csv" {
-                        print_rows(&mut stdout, &columns, &[], format)?;
+                    match format {
+                        "csv" => print_rows(&mut stdout, &columns, &[], format)?,
+                        "table" => writeln!(stdout, "{}", column_names(&columns).join("\t"))?,
+                        _ => {}
                     }
                 } else if value.get("error").is_some() {
                     print_error(&value);
@@ -233,6 +411,12 @@ fn print_rows(
         _ => {
             let mut table = Table::new();
             table.load_preset(UTF8_FULL_CONDENSED).set_header(names);
+            if let Some(width) = terminal_width() {
+                // Wide results wrap their cells to fit the terminal.
+                table
+                    .set_width(width)
+                    .set_content_arrangement(ContentArrangement::Dynamic);
+            }
             for row in rows {
                 table.add_row(row.as_array().into_iter().flatten().map(cell));
             }
@@ -277,4 +461,20 @@ fn print_rows_without_header(
         }
     }
     Ok(())
+}
+
+/// The width of the terminal standard output is, if it is one.
+fn terminal_width() -> Option<u16> {
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct passed.
+    let answered = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (answered == 0 && size.ws_col > 0).then_some(size.ws_col)
 }

@@ -773,3 +773,146 @@ fn the_ingest_bench_runs_through_a_server_it_starts() {
     assert!(report["records_per_s"].as_f64().expect("rate") > 0.0);
     assert!(report["library_records_per_s"].as_f64().expect("rate") > 0.0);
 }
+
+/// The shell on a pseudo-terminal, as a person uses it.
+struct Terminal {
+    master: std::fs::File,
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: String,
+    child: Child,
+}
+
+impl Terminal {
+    fn spawn(args: &[&str]) -> Terminal {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty writes the two descriptors it opens; no name,
+        // termios or size is passed.
+        let opened = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(opened, 0, "openpty");
+        // SAFETY: both descriptors were just opened and are owned here.
+        let (master, slave) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::fs::File::from_raw_fd(slave),
+            )
+        };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .args(args)
+            .stdin(slave.try_clone().expect("dup"))
+            .stdout(slave.try_clone().expect("dup"))
+            .stderr(slave);
+        // SAFETY: only async-signal-safe calls between fork and exec: a new
+        // session whose controlling terminal is the pty, so that Ctrl-C on
+        // it sends SIGINT to the shell.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start the shell");
+        let mut reader = master.try_clone().expect("dup master");
+        let (sender, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut buffer) {
+                if sender.send(buffer[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Terminal {
+            master,
+            output,
+            seen: String::new(),
+            child,
+        }
+    }
+
+    fn type_keys(&mut self, keys: &str) {
+        self.master.write_all(keys.as_bytes()).expect("type");
+    }
+
+    /// Waits until `text` appears after what was already expected; returns
+    /// what came before it.
+    fn expect(&mut self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(at) = self.seen.find(text) {
+                let before = self.seen[..at].to_string();
+                self.seen.drain(..at + text.len());
+                return before;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(bytes) => self.seen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("waited for {text:?}; the terminal shows:\n{}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_interactive_shell_runs_statements_and_ctrl_c_cancels_a_push_query() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let url = format!("http://{}", server.address);
+    let mut shell = Terminal::spawn(&["shell", "--url", &url]);
+    shell.expect("sluice> ");
+    // A statement over two lines.
+    shell.type_keys("CREATE STREAM s (id BIGINT)\r");
+    shell.expect("...> ");
+    shell.type_keys("WITH (topic = 't');\r");
+    shell.expect("created stream s");
+    shell.expect("sluice> ");
+
+    // A push query prints rows as they arrive; Ctrl-C cancels it, not the shell.
+    shell.type_keys("SELECT id FROM s EMIT CHANGES EVERY INTERVAL '20' MILLISECOND;\r");
+    shell.expect("id");
+    let (status, body) = server.post("/v1/sql", r#"{"sql": "INSERT INTO s VALUES (7), (8)"}"#);
+    assert_eq!(status, 200, "{body}");
+    shell.expect("7");
+    shell.expect("8");
+    shell.type_keys("\u{3}");
+    shell.expect("cancelled");
+    shell.expect("sluice> ");
+
+    shell.type_keys("\\timing\r");
+    shell.expect("Timing is on.");
+    shell.type_keys("SELECT 41 + 1 AS answer;\r");
+    let table = shell.expect("(1 row)");
+    assert!(table.contains("42"), "{table}");
+    shell.expect("Time: ");
+    // A failing statement says why and the shell goes on.
+    shell.type_keys("SELECT * FROM nope;\r");
+    shell.expect("unknown stream \"nope\"");
+    shell.expect("sluice> ");
+    shell.type_keys("\\q\r");
+    let status = shell.child.wait().expect("wait for the shell");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a session's errors are not its exit code"
+    );
+    server.stop();
+}
