@@ -32,6 +32,8 @@ struct AppState {
     query_timeout: Duration,
     sql_runtime: tokio::runtime::Handle,
     auth_token: Option<Arc<str>>,
+    /// One permit per push query being served.
+    push_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// How [`serve`] serves.
@@ -44,6 +46,8 @@ pub(crate) struct ServeOptions {
     pub(crate) sql_runtime: tokio::runtime::Handle,
     /// The bearer token every endpoint but health requires, if any.
     pub(crate) auth_token: Option<String>,
+    /// Push queries served at once.
+    pub(crate) max_push_queries: usize,
 }
 
 /// Serves the API until SIGINT or SIGTERM.
@@ -59,6 +63,7 @@ pub(crate) async fn serve(engine: Engine, options: ServeOptions) -> anyhow::Resu
             query_timeout: options.query_timeout,
             sql_runtime: options.sql_runtime,
             auth_token: options.auth_token.map(Arc::from),
+            push_slots: Arc::new(tokio::sync::Semaphore::new(options.max_push_queries)),
         },
         options.max_body_bytes,
     );
@@ -411,6 +416,19 @@ async fn push_query(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: wire::SqlRequest = parse_json(&body?)?;
+    // Held by the response stream: a push query's slot frees when its
+    // client goes away or it ends.
+    let slot = state
+        .push_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "too_many_push_queries",
+            message: "the server is serving as many push queries as it allows \
+                  (--max-push-queries); try again when one ends"
+                .to_string(),
+        })?;
     let engine = state.engine.clone();
     let subscription =
         start_on_sql_runtime(&state, async move { engine.subscribe(&request.sql).await }).await?;
@@ -431,8 +449,8 @@ async fn push_query(
     }));
     let shutdown = state.shutdown.clone();
     let rows = futures::stream::unfold(
-        (subscription, shutdown, false),
-        move |(mut subscription, mut shutdown, done)| async move {
+        (subscription, shutdown, false, slot),
+        move |(mut subscription, mut shutdown, done, slot)| async move {
             if done {
                 return None;
             }
@@ -470,7 +488,7 @@ async fn push_query(
             };
             Some((
                 Ok::<_, std::io::Error>(Bytes::from(chunk)),
-                (subscription, shutdown, done),
+                (subscription, shutdown, done, slot),
             ))
         },
     );

@@ -4,6 +4,7 @@
 
 mod bench;
 mod client;
+mod config;
 mod http;
 mod metrics;
 mod shell;
@@ -25,7 +26,7 @@ use sluice_engine::Engine;
 use sluice_engine::storage::Durability;
 
 /// Sluice: a streaming database. A durable, partitioned log of topics on
-/// RocksDB, and (soon) continuous SQL over it.
+/// RocksDB, and continuous SQL over it.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, long_about = None)]
 struct Cli {
@@ -49,7 +50,15 @@ enum Command {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Settings come from, last winning: the defaults, the --config \
+file (TOML; keys are the flags' names with '_', e.g. data_dir = \"/var/lib/sluice\", \
+listen = \"127.0.0.1:7878\"), the SLUICE_* environment variables, then the flags."
+)]
 struct ServerArgs {
+    /// A TOML file of settings (see below).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
     /// Where topics and state live.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
     data_dir: PathBuf,
@@ -74,6 +83,9 @@ struct ServerArgs {
     /// `/v1/health`.
     #[arg(long, env = "SLUICE_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
+    /// Push queries (`POST /v1/query`) served at once; more are answered 429.
+    #[arg(long, env = "SLUICE_MAX_PUSH_QUERIES", default_value_t = 64)]
+    max_push_queries: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,10 +105,18 @@ fn parse_durability(text: &str) -> Result<Durability, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
     use std::process::ExitCode;
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Server(args) => run_server(args),
+        Command::Server(mut args) => {
+            let configured = match (args.config.clone(), matches.subcommand_matches("server")) {
+                (Some(path), Some(server)) => config::apply(&mut args, server, &path),
+                _ => Ok(()),
+            };
+            configured.and_then(|()| run_server(args))
+        }
         // Exit codes for scripts: 1 a statement failed, 2 no server.
         Command::Shell(args) => {
             return match shell::run(args) {
@@ -169,6 +189,7 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             query_timeout: std::time::Duration::from_secs(args.query_timeout.max(1)),
             sql_runtime: sql_runtime.handle().clone(),
             auth_token: args.auth_token.clone().filter(|t| !t.is_empty()),
+            max_push_queries: args.max_push_queries.max(1),
         },
     ));
     // Persistent queries finish their running trigger and commit; then

@@ -16,6 +16,10 @@ impl Server {
     }
 
     fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[])
+    }
+
+    fn start_with_env(data_dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([
                 "server",
@@ -29,6 +33,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -915,4 +920,83 @@ fn the_interactive_shell_runs_statements_and_ctrl_c_cancels_a_push_query() {
         "a session's errors are not its exit code"
     );
     server.stop();
+}
+
+#[test]
+fn a_config_file_sets_what_flags_and_environment_leave_unset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "auth_token = \"from-file\"\nmax_push_queries = 1\nquery_timeout = 5\n",
+    )
+    .expect("write config");
+    // The environment's token wins over the file's; the file's push-query
+    // cap applies (no flag or variable sets it).
+    let server = Server::start_with_env(
+        dir.path(),
+        &["--config", config.to_str().expect("path")],
+        &[("SLUICE_AUTH_TOKEN", "from-env")],
+    );
+    let with_token = |token: &str, method: &str, path: &str, body: &str| {
+        let authorization = format!("Bearer {token}");
+        server.request_with(method, path, &[("Authorization", &authorization)], body)
+    };
+    assert_eq!(with_token("from-file", "GET", "/v1/topics", "").0, 401);
+    assert_eq!(with_token("from-env", "GET", "/v1/topics", "").0, 200);
+    let (status, body) = with_token(
+        "from-env",
+        "POST",
+        "/v1/sql",
+        r#"{"sql": "CREATE STREAM s (id BIGINT) WITH (topic = 't')"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // One push query at a time: a second is refused with 429 until the
+    // first client goes away.
+    let push = r#"{"sql": "SELECT id FROM s EMIT CHANGES"}"#;
+    let mut first = TcpStream::connect(&server.address).expect("connect");
+    write!(
+        first,
+        "POST /v1/query HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer from-env\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{push}",
+        push.len()
+    )
+    .expect("send");
+    let mut header = [0u8; 12];
+    first
+        .read_exact(&mut header)
+        .expect("first push query answers");
+    assert_eq!(&header, b"HTTP/1.1 200");
+    let (status, body) = with_token("from-env", "POST", "/v1/query", push);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too_many_push_queries"), "{body}");
+    drop(first);
+    let freed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut again = TcpStream::connect(&server.address).expect("connect");
+        write!(
+            again,
+            "POST /v1/query HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer from-env\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{push}",
+            push.len()
+        )
+        .expect("send");
+        let mut header = [0u8; 12];
+        again.read_exact(&mut header).is_ok() && &header == b"HTTP/1.1 200"
+    });
+    assert!(
+        freed,
+        "a disconnected client's push query gives its slot back"
+    );
+
+    // A config file that says something unknown is refused at start.
+    std::fs::write(&config, "listen_port = 80\n").expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["server", "--config", config.to_str().expect("path")])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("listen_port"), "{stderr}");
 }
