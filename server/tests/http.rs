@@ -1000,3 +1000,229 @@ fn a_config_file_sets_what_flags_and_environment_leave_unset() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("listen_port"), "{stderr}");
 }
+
+/// Reads `path` with `follow=true` until `count` records have come.
+fn follow(address: &str, path: &str, count: usize) -> Vec<serde_json::Value> {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut records = Vec::new();
+    // Chunk sizes and headers aside, each record is a line of its own.
+    for line in BufReader::new(stream).lines() {
+        let line = line.expect("a line before the timeout");
+        if line.starts_with('{') {
+            records.push(json(&line));
+            if records.len() == count {
+                break;
+            }
+        }
+    }
+    records
+}
+
+#[test]
+fn persistent_queries_over_http_survive_a_restart_without_duplicate_or_gap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let sql = |server: &Server, text: &str| {
+        server.post("/v1/sql", &serde_json::json!({ "sql": text }).to_string())
+    };
+    let (status, body) = sql(
+        &server,
+        "CREATE STREAM clicks (page VARCHAR, ts TIMESTAMP, \
+           WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (topic = 'clicks')",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.post(
+        "/v1/queries",
+        &serde_json::json!({ "sql": "CREATE STREAM views AS \
+            SELECT page, window_start, count(*) AS n \
+            FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) \
+            GROUP BY page, window_start, window_end \
+            EMIT ON WINDOW CLOSE EVERY INTERVAL '20' MILLISECOND" })
+        .to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let created = json(&body);
+    assert_eq!(created["status"], "running");
+    assert_eq!(created["sink"], "views");
+    let id = created["id"].as_str().expect("id").to_string();
+    let (status, body) = server.get("/v1/queries");
+    assert_eq!(status, 200);
+    assert!(body.contains(&id), "{body}");
+
+    // Three clicks in each 10-second window from `from` to `to`; each
+    // window closes when a click 11 s past its start arrives.
+    let clicks = |server: &Server, from: u32, to: u32| {
+        let values: Vec<String> = (from..to)
+            .flat_map(|w| {
+                (1..=3).map(move |s| {
+                    format!(
+                        "('/p', TIMESTAMP '2026-01-01 00:00:00' + INTERVAL '{}' SECOND)",
+                        w * 10 + s
+                    )
+                })
+            })
+            .collect();
+        let (status, body) = sql(
+            server,
+            &format!("INSERT INTO clicks VALUES {}", values.join(", ")),
+        );
+        assert_eq!(status, 200, "{body}");
+    };
+    clicks(&server, 0, 6);
+    let first = follow(
+        &server.address,
+        "/v1/topics/views/records?partition=0&follow=true",
+        5,
+    );
+    let window = |record: &serde_json::Value| {
+        let row = json(record["value"].as_str().expect("value"));
+        assert_eq!(row["n"], 3, "{row}");
+        row["window_start"]
+            .as_str()
+            .expect("window_start")
+            .to_string()
+    };
+    let seen: Vec<String> = first.iter().map(window).collect();
+
+    // SIGTERM, start again: the query resumes from its last commit.
+    server.stop();
+    let server = Server::start(dir.path());
+    let (status, body) = server.get(&format!("/v1/queries/{id}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["status"], "running", "{body}");
+    clicks(&server, 6, 11);
+    // A reader that reconnects goes on from the next offset.
+    let rest = follow(
+        &server.address,
+        "/v1/topics/views/records?partition=0&offset=5&follow=true",
+        5,
+    );
+    assert_eq!(rest[0]["offset"], 5);
+    let seen: Vec<String> = seen.into_iter().chain(rest.iter().map(window)).collect();
+    let mut expected = seen.clone();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(seen, expected, "ten windows, in order, each once");
+    assert_eq!(seen.len(), 10);
+    let (_, body) = server.get("/v1/topics/views/records?partition=0");
+    assert_eq!(
+        body.lines().count(),
+        10,
+        "no duplicate after the restart: {body}"
+    );
+
+    // Progress, stop, and the errors.
+    let (_, body) = server.get(&format!("/v1/queries/{id}"));
+    assert!(
+        json(&body)["progress"]["batch_id"].as_u64().is_some(),
+        "{body}"
+    );
+    let (status, body) = server.request(
+        "DELETE",
+        &format!("/v1/queries/{id}"),
+        "application/json",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = server.get(&format!("/v1/queries/{id}"));
+    assert_eq!(json(&body)["status"], "stopped", "{body}");
+    let (status, body) = server.get("/v1/queries/q999");
+    assert_eq!(
+        (status, error_code(&body)),
+        (404, "not_found".into()),
+        "{body}"
+    );
+    let (status, body) = server.post(
+        "/v1/queries",
+        r#"{"sql": "SELECT page FROM clicks EMIT CHANGES"}"#,
+    );
+    assert_eq!(status, 400, "a push query has no sink: {body}");
+    let (status, body) = server.post("/v1/queries", r#"{"sql": "CREATE STREAM x AS SELEC"}"#);
+    assert_eq!(status, 400, "{body}");
+    server.stop();
+}
+
+#[test]
+fn concurrent_producers_and_queries_lose_no_acknowledged_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = std::sync::Arc::new(Server::start(dir.path()));
+    let (status, body) = server.post(
+        "/v1/sql",
+        r#"{"sql": "CREATE STREAM e (writer BIGINT, n BIGINT) WITH (topic = 'e', partitions = 3)"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                for request in 0..25 {
+                    let records: Vec<serde_json::Value> = (0..20)
+                        .map(|i| serde_json::json!({"value": {"writer": writer, "n": request * 20 + i}}))
+                        .collect();
+                    let (status, body) = server.post(
+                        "/v1/topics/e/records",
+                        &serde_json::json!({ "records": records }).to_string(),
+                    );
+                    assert_eq!(status, 200, "{body}");
+                    for position in json(&body)["offsets"].as_array().expect("offsets") {
+                        acknowledged.push((position["partition"].as_u64(), position["offset"].as_u64()));
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    let (status, body) = server.post(
+                        "/v1/sql",
+                        r#"{"sql": "SELECT count(*) AS c, count(DISTINCT writer) AS w FROM e"}"#,
+                    );
+                    assert_eq!(status, 200, "{body}");
+                }
+            })
+        })
+        .collect();
+    let mut acknowledged: Vec<_> = writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("writer"))
+        .collect();
+    for reader in readers {
+        reader.join().expect("reader");
+    }
+    acknowledged.sort();
+    acknowledged.dedup();
+    assert_eq!(acknowledged.len(), 2_000, "every position distinct");
+    let (_, body) = server.post("/v1/sql", r#"{"sql": "SELECT _partition, _offset FROM e"}"#);
+    let mut stored: Vec<(Option<u64>, Option<u64>)> = json(&body)["results"][0]["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| (row[0].as_u64(), row[1].as_u64()))
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored, acknowledged,
+        "every acknowledged record is readable"
+    );
+    let (_, body) = server.post(
+        "/v1/sql",
+        r#"{"sql": "SELECT writer, count(DISTINCT n) AS c FROM e GROUP BY writer ORDER BY writer"}"#,
+    );
+    assert_eq!(
+        json(&body)["results"][0]["rows"],
+        serde_json::json!([[0, 500], [1, 500], [2, 500], [3, 500]])
+    );
+}
