@@ -14,9 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_storage::{Durability, ReadLimits, Record};
+use sluice_storage::{ReadLimits, Record};
 
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 
 /// Options of [`run_latency_bench`].
@@ -100,13 +99,8 @@ pub async fn run_latency_bench(
         .map(|s| s.text)
         .find(|s| s.to_ascii_uppercase().contains("SELECT"))
         .ok_or_else(|| Error::Internal(format!("{} has no SELECT", options.query)))?;
-    let engine = Engine::builder(dir)
-        .durability(Durability::Os)
-        .target_partitions(options.target_partitions)
-        .open()
-        .await?;
     let partitions = options.partitions.max(1);
-    engine.execute(&crate::nexmark::ddl(partitions)).await?;
+    let engine = super::nexmark_engine(dir, options.target_partitions, partitions).await?;
     let handle = engine
         .start_query(&format!(
             "CREATE STREAM latency_out AS {} EVERY INTERVAL '{}' MILLISECOND",

@@ -391,13 +391,8 @@ pub async fn run_nexmark_bench(
     options: &NexmarkBenchOptions,
 ) -> Result<NexmarkBenchReport> {
     let sql_text = crate::nexmark::query(&options.query)?;
-    let engine = Engine::builder(dir)
-        .durability(Durability::Os)
-        .target_partitions(options.target_partitions)
-        .open()
-        .await?;
     let partitions = options.partitions.max(1);
-    engine.execute(&crate::nexmark::ddl(partitions)).await?;
+    let engine = nexmark_engine(dir, options.target_partitions, partitions).await?;
     let storage = engine.storage().clone();
     let load_started = Instant::now();
     let events = options.events;
@@ -464,6 +459,22 @@ pub async fn run_nexmark_bench(
         triggers,
         load_s,
     })
+}
+
+/// An engine in `dir` (`os` durability) with the Nexmark streams on
+/// topics of `partitions` partitions.
+async fn nexmark_engine(
+    dir: &std::path::Path,
+    target_partitions: usize,
+    partitions: u32,
+) -> Result<Engine> {
+    let engine = Engine::builder(dir)
+        .durability(Durability::Os)
+        .target_partitions(target_partitions)
+        .open()
+        .await?;
+    engine.execute(&crate::nexmark::ddl(partitions)).await?;
+    Ok(engine)
 }
 
 /// Counts a push query's rows until it has read everything its source
