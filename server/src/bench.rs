@@ -292,8 +292,8 @@ pub(crate) struct NexmarkArgs {
     /// Threads the query uses (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Records each trigger reads at most (default: the whole backlog in
-    /// one trigger).
+    /// Records each trigger reads at most (default: the queries' default,
+    /// 1,000,000).
     #[arg(long)]
     max_records_per_trigger: Option<u64>,
     /// Directory for the bench's data (default: a temporary directory,
@@ -401,7 +401,9 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         "fraction_of_decode_limit": round(report.events_per_cpu_s / report.decode_limit_events_per_s),
         "output_rows": report.output_rows,
         "triggers": report.triggers,
-        "max_records_per_trigger": options.max_records_per_trigger,
+        "max_records_per_trigger": options
+            .max_records_per_trigger
+            .unwrap_or(sluice_engine::DEFAULT_MAX_RECORDS_PER_TRIGGER),
         "peak_rss_bytes": report.peak_rss_bytes,
         "end_rss_bytes": report.end_rss_bytes,
     });

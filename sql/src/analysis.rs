@@ -17,6 +17,12 @@ use crate::window::{WINDOW_START, WindowFunction, WindowKind, window_function};
 /// The default trigger interval.
 pub const DEFAULT_TRIGGER: Duration = Duration::from_secs(1);
 
+/// What one trigger reads at most unless the query says otherwise: a
+/// query catching up on a backlog works through it a million records at a
+/// time, so windows close (and their state is freed) as it goes, instead
+/// of holding every window of the backlog at once.
+pub const DEFAULT_MAX_RECORDS_PER_TRIGGER: u64 = 1_000_000;
+
 /// The kinds of continuous query Sluice runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueryShape {
@@ -60,7 +66,8 @@ pub struct StreamingPlan {
     pub start: StartPosition,
     pub idle_timeout: Option<Duration>,
     pub late_topic: Option<String>,
-    pub max_records_per_trigger: Option<u64>,
+    /// Records one trigger reads at most, over all partitions.
+    pub max_records_per_trigger: u64,
     /// A stateless query's `LIMIT`: the push query ends after that many rows.
     pub limit: Option<usize>,
 }
@@ -313,8 +320,10 @@ pub fn analyze(query: &StreamingQuery, plan: &LogicalPlan) -> Result<StreamingPl
     };
     let idle_timeout = options.take_duration("idle_timeout")?;
     let late_topic = options.take_string("late_topic")?;
-    let max_records_per_trigger = options.take_u64("max_records_per_trigger")?;
-    if max_records_per_trigger == Some(0) {
+    let max_records_per_trigger = options
+        .take_u64("max_records_per_trigger")?
+        .unwrap_or(DEFAULT_MAX_RECORDS_PER_TRIGGER);
+    if max_records_per_trigger == 0 {
         return Err(Error::invalid("max_records_per_trigger must be at least 1"));
     }
     options.finish(

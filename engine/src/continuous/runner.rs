@@ -247,7 +247,8 @@ impl Runner {
         let budget = self
             .plan
             .max_records_per_trigger
-            .map(|max| max.div_ceil(partitions.max(1) as u64).max(1));
+            .div_ceil(partitions.max(1) as u64)
+            .max(1);
         let mut ranges = Vec::with_capacity(partitions);
         let mut sources = Vec::with_capacity(partitions);
         let mut input_rows = 0u64;
@@ -259,7 +260,7 @@ impl Runner {
             }
             // Retention may have removed records the query had not read.
             let start = self.positions[partition].max(log_start).min(end);
-            let stop = budget.map_or(end, |b| end.min(start.saturating_add(b)));
+            let stop = end.min(start.saturating_add(budget));
             input_rows += stop - start;
             ranges.push((start, stop));
             sources.push(SourceProgress {
