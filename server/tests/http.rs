@@ -955,35 +955,30 @@ fn a_config_file_sets_what_flags_and_environment_leave_unset() {
     // One push query at a time: a second is refused with 429 until the
     // first client goes away.
     let push = r#"{"sql": "SELECT id FROM s EMIT CHANGES"}"#;
-    let mut first = TcpStream::connect(&server.address).expect("connect");
-    write!(
-        first,
-        "POST /v1/query HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer from-env\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{push}",
-        push.len()
-    )
-    .expect("send");
-    let mut header = [0u8; 12];
-    first
-        .read_exact(&mut header)
-        .expect("first push query answers");
-    assert_eq!(&header, b"HTTP/1.1 200");
-    let (status, body) = with_token("from-env", "POST", "/v1/query", push);
-    assert_eq!(status, 429, "{body}");
-    assert!(body.contains("too_many_push_queries"), "{body}");
-    drop(first);
-    let freed = (0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let mut again = TcpStream::connect(&server.address).expect("connect");
+    // Opens a push query on a connection of its own; the connection and
+    // whether the answer was 200.
+    let open_push = || {
+        let mut stream = TcpStream::connect(&server.address).expect("connect");
         write!(
-            again,
+            stream,
             "POST /v1/query HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer from-env\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{push}",
             push.len()
         )
         .expect("send");
         let mut header = [0u8; 12];
-        again.read_exact(&mut header).is_ok() && &header == b"HTTP/1.1 200"
+        let ok = stream.read_exact(&mut header).is_ok() && &header == b"HTTP/1.1 200";
+        (stream, ok)
+    };
+    let (first, ok) = open_push();
+    assert!(ok, "the first push query is served");
+    let (status, body) = with_token("from-env", "POST", "/v1/query", push);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too_many_push_queries"), "{body}");
+    drop(first);
+    let freed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        open_push().1
     });
     assert!(
         freed,
