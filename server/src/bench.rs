@@ -80,7 +80,6 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 /// the bench starts (a child process on a free loopback port), from
 /// `writers` concurrent clients, each request `batch` NDJSON values.
 fn ingest_http(args: &IngestArgs) -> anyhow::Result<()> {
-    use std::io::BufRead;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -106,39 +105,11 @@ fn ingest_http(args: &IngestArgs) -> anyhow::Result<()> {
     let line = format!("{{\"pad\":\"{pad}\"}}\n");
     let body = bytes::Bytes::from(line.repeat(args.batch));
 
-    let exe = std::env::current_exe().context("finding the sluice binary")?;
-    let mut server = std::process::Command::new(exe)
-        .args(["server", "--listen", "127.0.0.1:0", "--durability"])
-        .arg(args.durability.as_str())
-        .args([
-            "--max-body-bytes",
-            &(body.len() * 2).max(1 << 20).to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("server"))
-        .env("RUST_LOG", "info")
-        .env_remove("SLUICE_AUTH_TOKEN")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("starting sluice server")?;
-    let mut log = std::io::BufReader::new(server.stderr.take().context("server log")?);
-    let mut text = String::new();
-    let address = loop {
-        text.clear();
-        if log
-            .read_line(&mut text)
-            .context("reading the server's log")?
-            == 0
-        {
-            bail!("the server exited before listening");
-        }
-        if let Some(at) = text.find("address=") {
-            break text[at + "address=".len()..].trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in log.lines() {});
-    let url = format!("http://{address}");
+    let (mut server, url) = start_server(
+        &dir.join("server"),
+        args.durability,
+        (body.len() * 2).max(1 << 20),
+    )?;
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = runtime.block_on(async {
@@ -200,6 +171,177 @@ fn ingest_http(args: &IngestArgs) -> anyhow::Result<()> {
         "mb_per_s": (records_per_s * (line.len() - 1) as f64 / 1e6 * 10.0).round() / 10.0,
         "library_records_per_s": library.records_per_s.round(),
         "ratio_to_library": (records_per_s / library.records_per_s * 1000.0).round() / 1000.0,
+    });
+    println!("{output}");
+    Ok(())
+}
+
+/// Starts `sluice server` (this binary) on a free loopback port over
+/// `data_dir`; the child and its base URL.
+fn start_server(
+    data_dir: &std::path::Path,
+    durability: Durability,
+    max_body_bytes: usize,
+) -> anyhow::Result<(std::process::Child, String)> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().context("finding the sluice binary")?;
+    let mut server = std::process::Command::new(exe)
+        .args(["server", "--listen", "127.0.0.1:0", "--durability"])
+        .arg(durability.as_str())
+        .args(["--max-body-bytes", &max_body_bytes.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .env_remove("SLUICE_AUTH_TOKEN")
+        .env_remove("SLUICE_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting sluice server")?;
+    let mut log = std::io::BufReader::new(server.stderr.take().context("server log")?);
+    let mut text = String::new();
+    let address = loop {
+        text.clear();
+        if log
+            .read_line(&mut text)
+            .context("reading the server's log")?
+            == 0
+        {
+            bail!("the server exited before listening");
+        }
+        if let Some(at) = text.find("address=") {
+            break text[at + "address=".len()..].trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in log.lines() {});
+    Ok((server, format!("http://{address}")))
+}
+
+/// Arguments of `sluice bench push`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PushArgs {
+    /// How long to produce.
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Records produced per second, one per request.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// The push query's trigger interval in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    trigger_ms: u64,
+    /// Directory for the bench's data (default: a temporary directory,
+    /// removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// `sluice bench push`: how long a record takes from the moment its
+/// produce request is sent to the moment a push query's HTTP client reads
+/// it as a row. Each record carries its send time; a push query
+/// (`SELECT sent FROM pings EMIT CHANGES EVERY <trigger>`) streams it back
+/// over `POST /v1/query` of a server the bench starts. The figure bounds
+/// the trigger-to-client delay from above: it also holds the produce
+/// request, the append, and the wait for the next trigger.
+pub(crate) fn push(args: PushArgs) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    if !args.seconds.is_finite() || args.seconds <= 0.0 || args.rate == 0 || args.trigger_ms == 0 {
+        bail!("--seconds, --rate and --trigger-ms must be positive");
+    }
+    let (dir, _temporary) = bench_dir(args.dir.as_ref())?;
+    let (mut server, url) = start_server(&dir.join("server"), Durability::Os, 1 << 20)?;
+    let now_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64)
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let created = client
+            .post(format!("{url}/v1/sql"))
+            .json(&json!({ "sql": "CREATE STREAM pings (sent BIGINT) WITH (topic = 'pings')" }))
+            .send()
+            .await?;
+        if !created.status().is_success() {
+            bail!(
+                "creating the stream: {}",
+                created.text().await.unwrap_or_default()
+            );
+        }
+        let sql = format!(
+            "SELECT sent FROM pings EMIT CHANGES EVERY INTERVAL '{}' MILLISECOND",
+            args.trigger_ms
+        );
+        let response = client
+            .post(format!("{url}/v1/query"))
+            .json(&json!({ "sql": sql }))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "the push query: {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        let expected = (args.seconds * f64::from(args.rate)) as usize;
+        let reader = tokio::spawn(async move {
+            let mut latencies_ms = Vec::with_capacity(expected);
+            let mut pending = Vec::new();
+            let mut body = response.bytes_stream();
+            while latencies_ms.len() < expected {
+                let Some(chunk) = body.next().await else {
+                    break;
+                };
+                let received = now_us();
+                pending.extend_from_slice(&chunk?);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let row: serde_json::Value = serde_json::from_slice(&line)?;
+                    if let Some(sent) = row.get(0).and_then(serde_json::Value::as_i64) {
+                        latencies_ms.push((received - sent) as f64 / 1e3);
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(latencies_ms)
+        });
+        let period = std::time::Duration::from_secs_f64(1.0 / f64::from(args.rate));
+        let mut ticker = tokio::time::interval(period);
+        for _ in 0..expected {
+            ticker.tick().await;
+            let sent = client
+                .post(format!("{url}/v1/topics/pings/records"))
+                .header("content-type", "application/x-ndjson")
+                .body(format!("{{\"sent\": {}}}\n", now_us()))
+                .send()
+                .await?;
+            if !sent.status().is_success() {
+                bail!("producing: {}", sent.text().await.unwrap_or_default());
+            }
+        }
+        let latencies = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .context("the push query's rows stopped coming")???;
+        Ok(latencies)
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut latencies = result?;
+    latencies.sort_by(f64::total_cmp);
+    let quantile = |q: f64| {
+        let rank = (q * latencies.len() as f64).ceil() as usize;
+        latencies
+            .get(rank.clamp(1, latencies.len().max(1)) - 1)
+            .map_or(f64::NAN, |ms| (ms * 10.0).round() / 10.0)
+    };
+    let output = json!({
+        "bench": "push-latency",
+        "trigger_ms": args.trigger_ms,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "rows": latencies.len(),
+        "p50_ms": quantile(0.5),
+        "p99_ms": quantile(0.99),
+        "max_ms": quantile(1.0),
     });
     println!("{output}");
     Ok(())

@@ -98,6 +98,8 @@ enum BenchCommand {
     /// A Nexmark query run as a continuous query over loaded events, beside
     /// arrow-json's decode rate of the same bids.
     Nexmark(bench::NexmarkArgs),
+    /// Produce-to-push-query-client latency over HTTP.
+    Push(bench::PushArgs),
 }
 
 fn parse_durability(text: &str) -> Result<Durability, String> {
@@ -133,6 +135,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(args),
         Command::Bench(BenchCommand::Query(args)) => bench::query(args),
         Command::Bench(BenchCommand::Nexmark(args)) => bench::nexmark(args),
+        Command::Bench(BenchCommand::Push(args)) => bench::push(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

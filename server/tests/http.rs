@@ -1221,3 +1221,19 @@ fn concurrent_producers_and_queries_lose_no_acknowledged_record() {
         serde_json::json!([[0, 500], [1, 500], [2, 500], [3, 500]])
     );
 }
+
+#[test]
+fn the_push_latency_bench_reads_every_row_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "push", "--seconds", "1", "--rate", "50", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run the bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report = json(String::from_utf8_lossy(&output.stdout).trim());
+    assert_eq!(report["bench"], "push-latency");
+    assert_eq!(report["rows"], 50);
+    assert!(report["p99_ms"].as_f64().expect("p99") >= report["p50_ms"].as_f64().expect("p50"));
+}
