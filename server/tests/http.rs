@@ -447,6 +447,30 @@ fn a_push_query_streams_a_header_and_rows_as_ndjson() {
         vec![serde_json::json!([2, 21]), serde_json::json!([3, 31])]
     );
 
+    // The same as server-sent events when asked.
+    let (status, body) = server.request_with(
+        "POST",
+        "/v1/query",
+        &[("Accept", "text/event-stream")],
+        r#"{"sql": "SELECT id FROM s WHERE v > 10 LIMIT 2 EMIT CHANGES EVERY INTERVAL '10' MILLISECOND"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let body = dechunk(&body);
+    let events: Vec<serde_json::Value> = body
+        .split("\n\n")
+        .filter(|event| !event.trim().is_empty())
+        .map(|event| {
+            json(
+                event
+                    .trim()
+                    .strip_prefix("data: ")
+                    .unwrap_or_else(|| panic!("not an event: {event:?} in {body:?}")),
+            )
+        })
+        .collect();
+    assert_eq!(events.len(), 3, "{body}");
+    assert!(events[0]["header"]["query_id"].is_string(), "{body}");
+
     let (status, body) = server.post(
         "/v1/query",
         r#"{"sql": "SELECT id FROM s ORDER BY id EMIT CHANGES"}"#,
