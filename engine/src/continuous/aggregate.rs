@@ -218,6 +218,8 @@ pub(crate) struct Update {
     /// The keys of the groups the micro-batch touched (row-encoded group
     /// columns); `None` when the aggregate has no group columns.
     touched: Option<HashSet<Vec<u8>>>,
+    /// Whether `touched` was recorded (only `EMIT CHANGES` needs it).
+    tracked: bool,
     /// Whether any row reached the aggregate.
     pub(crate) any_rows: bool,
 }
@@ -264,6 +266,7 @@ impl AggregateState {
         window: Option<WindowClose>,
         closed_before: Option<i64>,
         context: Arc<TaskContext>,
+        track_touched: bool,
     ) -> Result<Update> {
         let (partials, schema) = match panes {
             Some((pane_stages, panes)) => {
@@ -333,11 +336,12 @@ impl AggregateState {
         if partials.is_empty() {
             return Ok(Update {
                 touched: Some(HashSet::new()),
+                tracked: track_touched,
                 any_rows: false,
             });
         }
         let groups = stages.group_count();
-        let touched = if groups == 0 {
+        let touched = if groups == 0 || !track_touched {
             None
         } else {
             Some(row_keys(&partials, groups)?)
@@ -359,6 +363,7 @@ impl AggregateState {
         self.batches = compact(&schema, merged)?;
         Ok(Update {
             touched,
+            tracked: track_touched,
             any_rows: true,
         })
     }
@@ -403,6 +408,11 @@ impl AggregateState {
                 None => BooleanArray::from(vec![false; state.num_rows()]),
             },
             Pick::All => BooleanArray::from(vec![true; state.num_rows()]),
+            Pick::Touched(update) if !update.tracked => {
+                return Err(Error::Internal(
+                    "picking touched groups of an update that did not track them".into(),
+                ));
+            }
             Pick::Touched(update) => match &update.touched {
                 None => BooleanArray::from(vec![update.any_rows; state.num_rows()]),
                 Some(keys) => {

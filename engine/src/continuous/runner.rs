@@ -443,6 +443,7 @@ impl Runner {
                 self.window_close,
                 watermark_before,
                 context.clone(),
+                self.plan.emit == EmitMode::Changes,
             )
             .await?;
         // Windows the watermark passes with this micro-batch close now.
