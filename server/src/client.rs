@@ -72,15 +72,13 @@ impl Api {
     }
 }
 
-/// `topic` as one path segment.
+/// `topic` as one path segment, percent-encoded by the `url` crate.
 fn segment(topic: &str) -> String {
-    topic
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    let mut url = reqwest::Url::parse("http://localhost/").expect("a constant URL");
+    url.path_segments_mut()
+        .expect("an http URL has path segments")
+        .push(topic);
+    url.path()[1..].to_string()
 }
 
 /// Arguments of `sluice produce`.
@@ -294,6 +292,7 @@ async fn produce_lines(
         }
         let full = batch.len() >= args.batch || batch_bytes >= 4 << 20;
         if (read == 0 || full) && !batch.is_empty() {
+            let count = batch.len() as u64;
             let body = json!({ "records": std::mem::take(&mut batch) });
             api.send(api.request(reqwest::Method::POST, &path).json(&body))
                 .await
@@ -303,7 +302,7 @@ async fn produce_lines(
                         args.topic, produced.records
                     )
                 })?;
-            produced.records += body["records"].as_array().map_or(0, Vec::len) as u64;
+            produced.records += count;
             produced.bytes += batch_bytes;
             batch_bytes = 0;
             let rate = produced.records as f64 / started.elapsed().as_secs_f64().max(1e-9);

@@ -115,7 +115,7 @@ async fn interactive(client: &Client, mut format: String) -> anyhow::Result<Outc
     let mut buffer = String::new();
     println!(
         "sluice shell, connected to {} (\\help for help, \\q to leave)",
-        client.url
+        client.api.url()
     );
     loop {
         let prompt = if buffer.is_empty() {
@@ -264,15 +264,12 @@ fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
 
 struct Client {
     api: Api,
-    url: String,
 }
 
 impl Client {
     fn new(args: &ShellArgs) -> anyhow::Result<Self> {
-        let api = Api::new(&args.server)?;
         Ok(Client {
-            url: api.url().to_string(),
-            api,
+            api: Api::new(&args.server)?,
         })
     }
 
@@ -288,7 +285,7 @@ impl Client {
             .post("/v1/sql", sql)
             .send()
             .await
-            .with_context(|| format!("cannot reach the server at {}", self.url))?;
+            .with_context(|| format!("cannot reach the server at {}", self.api.url()))?;
         let status = response.status();
         let body: Value = response.json().await.context("reading the answer")?;
         if !status.is_success() {
@@ -319,7 +316,7 @@ impl Client {
             .post("/v1/query", sql)
             .send()
             .await
-            .with_context(|| format!("cannot reach the server at {}", self.url))?;
+            .with_context(|| format!("cannot reach the server at {}", self.api.url()))?;
         if !response.status().is_success() {
             let body: Value = response.json().await.context("reading the answer")?;
             print_error(&body);
