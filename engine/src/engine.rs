@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use sluice_sql::{
-    Output, ShowObject, SqlContext, SqlOptions, Statement, parse_sql, split_statements,
+    AppendedRange, Output, ShowObject, SqlContext, SqlOptions, Statement, parse_sql,
+    split_statements,
 };
 use sluice_storage::{Durability, ProduceRecord, Record, RecordPosition, Storage, StorageOptions};
 
@@ -261,14 +262,18 @@ impl Engine {
         crate::continuous::subscribe(&self.sql, sql).await
     }
 
-    /// A producer of records to `topic`.
+    /// A producer of records to a topic, named itself or by a stream on it.
     pub fn producer(&self, topic: &str) -> Result<Producer> {
-        if !self.storage.topic_exists(topic) {
+        let topic = if self.storage.topic_exists(topic) {
+            topic.to_string()
+        } else if let Some(def) = self.sql.catalog().stream(topic) {
+            def.topic.clone()
+        } else {
             return Err(Error::NotFound(format!("unknown topic \"{topic}\"")));
-        }
+        };
         Ok(Producer {
-            storage: self.storage.clone(),
-            topic: topic.to_string(),
+            sql: self.sql.clone(),
+            topic,
         })
     }
 
@@ -306,9 +311,14 @@ fn started_message(handle: &QueryHandle) -> String {
 }
 
 /// Appends records to one topic.
+///
+/// On the topic of a columnar stream (`format = 'arrow'`), record values
+/// are JSON objects decoded once, here, into the stream's columns (a value
+/// that does not fit fails the call and nothing is written), and
+/// [`Producer::send_batch`] appends Arrow batches directly.
 #[derive(Debug, Clone)]
 pub struct Producer {
-    storage: Storage,
+    sql: SqlContext,
     topic: String,
 }
 
@@ -317,7 +327,7 @@ impl Producer {
     /// returns where it landed, once it is durable.
     pub async fn send(&self, record: Record) -> Result<RecordPosition> {
         let mut positions = self
-            .storage
+            .sql
             .produce(&self.topic, vec![ProduceRecord::from(record)])
             .await?;
         positions
@@ -328,6 +338,17 @@ impl Producer {
     /// Appends records in one atomic write; returns each one's position.
     pub async fn send_all(&self, records: Vec<Record>) -> Result<Vec<RecordPosition>> {
         let records = records.into_iter().map(ProduceRecord::from).collect();
-        Ok(self.storage.produce(&self.topic, records).await?)
+        Ok(self.sql.produce(&self.topic, records).await?)
+    }
+
+    /// Appends the rows of `batch` to the topic's columnar stream, durably
+    /// and atomically. Columns are matched to the stream's by name and cast
+    /// to their types; a column the stream lacks is an error, one the batch
+    /// lacks is NULL (an error when NOT NULL). Rows go to partitions by the
+    /// stream's key column, else all to one partition picked round-robin;
+    /// each row gets the current time as its timestamp. Returns the offsets
+    /// written, per partition (rows keep their order within a partition).
+    pub async fn send_batch(&self, batch: RecordBatch) -> Result<Vec<AppendedRange>> {
+        Ok(self.sql.send_batch(&self.topic, &batch).await?)
     }
 }

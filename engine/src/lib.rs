@@ -41,7 +41,11 @@ pub use engine::{Engine, EngineBuilder, Producer};
 pub use error::{Error, Result};
 pub use progress::{Durations, Progress, SourceProgress};
 pub use queries::{QueryHandle, QueryInfo, QueryStatus};
+pub use sluice_sql as sql;
 pub use sluice_sql::analysis::DEFAULT_MAX_RECORDS_PER_TRIGGER;
-pub use sluice_sql::{Output, QueryOutput, StatementText, split_statements};
+pub use sluice_sql::{
+    AppendedRange, Compression, Format, Output, QueryOutput, StatementText, ipc_json_rows,
+    split_statements,
+};
 pub use sluice_storage as storage;
 pub use sluice_storage::{Durability, Record, RecordPosition};

@@ -42,20 +42,25 @@ pub fn query(name: &str) -> Result<&'static str> {
 /// The three streams, on topics of `partitions` partitions, with a
 /// 4-second watermark delay as in RisingWave's Nexmark.
 pub fn ddl(partitions: u32) -> String {
+    ddl_as(partitions, "json")
+}
+
+/// [`ddl`] with streams of `format` (`json` or `arrow`).
+pub fn ddl_as(partitions: u32, format: &str) -> String {
     format!(
         "CREATE STREAM IF NOT EXISTS person (id BIGINT, name VARCHAR, email_address VARCHAR, \
            credit_card VARCHAR, city VARCHAR, state VARCHAR, date_time TIMESTAMP, extra VARCHAR, \
            WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
-         WITH (topic = 'person', format = 'json', partitions = {partitions});
+         WITH (topic = 'person', format = '{format}', partitions = {partitions});
          CREATE STREAM IF NOT EXISTS auction (id BIGINT, item_name VARCHAR, description VARCHAR, \
            initial_bid BIGINT, reserve BIGINT, date_time TIMESTAMP, expires TIMESTAMP, \
            seller BIGINT, category BIGINT, extra VARCHAR, \
            WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
-         WITH (topic = 'auction', format = 'json', partitions = {partitions});
+         WITH (topic = 'auction', format = '{format}', partitions = {partitions});
          CREATE STREAM IF NOT EXISTS bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, \
            url VARCHAR, date_time TIMESTAMP, extra VARCHAR, \
            WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
-         WITH (topic = 'bid', format = 'json', partitions = {partitions});"
+         WITH (topic = 'bid', format = '{format}', partitions = {partitions});"
     )
 }
 

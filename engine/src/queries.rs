@@ -17,8 +17,8 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use sluice_sql::{
-    CreateStream, SqlContext, Statement, StreamDef, check_insert_columns, encode_for_stream,
-    parse_sql,
+    CreateStream, SinkRows, SqlContext, Statement, StreamDef, check_insert_columns,
+    columnar_batches, encode_for_stream, parse_sql,
 };
 use sluice_storage::partitioner::partition_for_key;
 use sluice_storage::{AtomicWrite, ReadLimits, Record, StateSpace, Storage, TopicConfig};
@@ -674,7 +674,23 @@ async fn commit(
     } = output;
     let commit_started = Instant::now();
     let mut write = AtomicWrite::new();
-    let records = encode_for_stream(&sink.def, &sink.columns, &rows)?;
+    let records = match encode_for_stream(&sink.def, &sink.columns, &rows)? {
+        SinkRows::Records(records) => records,
+        SinkRows::Columnar(rows) => {
+            if rows.num_rows() > 0 {
+                let partitions = storage.partition_count(&sink.def.topic)?;
+                let fallback = (sink.next_partition % u64::from(partitions.max(1))) as u32;
+                sink.next_partition += 1;
+                let now = sluice_storage::now_ms();
+                for (partition, count, ipc) in
+                    columnar_batches(&sink.def, &rows, partitions, fallback)?
+                {
+                    write.append_columnar(sink.def.topic.clone(), partition, vec![now; count], ipc);
+                }
+            }
+            Vec::new()
+        }
+    };
     if !records.is_empty() {
         let partitions = storage.partition_count(&sink.def.topic)?;
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();

@@ -428,8 +428,9 @@ pub(crate) struct NexmarkArgs {
     /// Partitions of each topic.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
-    /// `json` (the only format until columnar streams land).
-    #[arg(long, default_value = "json")]
+    /// The streams' format: `json` (every query decodes the records) or
+    /// `arrow` (columnar: decoded once, when loaded).
+    #[arg(long, default_value = "json", value_parser = ["json", "arrow"])]
     format: String,
     /// Threads the query uses (default: the number of cores).
     #[arg(long)]
@@ -498,19 +499,16 @@ fn nexmark_latency(args: &NexmarkArgs, seconds: f64, threads: usize) -> anyhow::
 /// `sluice bench nexmark`: loads Nexmark events, then runs one query as a
 /// continuous query from `earliest` until every window has closed.
 pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
-    if args.format != "json" {
-        bail!(
-            "--format {}: only json streams exist in this build (format 'arrow' is not \
-             available yet)",
-            args.format
-        );
-    }
     sluice_engine::nexmark::query(&args.query)?;
+    let format = sluice_engine::Format::parse(&args.format)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     if let Some(seconds) = args.latency_seconds {
+        if format != sluice_engine::Format::Json {
+            bail!("--latency-seconds measures json streams; leave out --format");
+        }
         return nexmark_latency(&args, seconds, threads);
     }
     let (dir, _temporary) = bench_dir(args.dir.as_ref())?;
@@ -520,6 +518,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         partitions: args.partitions,
         target_partitions: threads,
         max_records_per_trigger: args.max_records_per_trigger,
+        format,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
@@ -529,7 +528,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     let output = json!({
         "bench": "nexmark",
         "query": report.query,
-        "format": "json",
+        "format": format.as_str(),
         "events": report.events,
         "events_read": report.events_read,
         "partitions": report.partitions,
@@ -541,6 +540,10 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         "events_per_cpu_s": report.events_per_cpu_s.round(),
         "decode_limit_events_per_s": report.decode_limit_events_per_s.round(),
         "fraction_of_decode_limit": round(report.events_per_cpu_s / report.decode_limit_events_per_s),
+        "batch_events_per_cpu_s": report.batch_events_per_cpu_s.map(f64::round),
+        "fraction_of_batch": report
+            .batch_events_per_cpu_s
+            .map(|batch| round(report.events_per_cpu_s / batch)),
         "output_rows": report.output_rows,
         "triggers": report.triggers,
         "max_records_per_trigger": options

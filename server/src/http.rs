@@ -627,7 +627,19 @@ async fn produce(
     if records.is_empty() {
         return Err(ApiError::bad_request("no records to produce"));
     }
-    let positions = state.storage.produce(&topic, records).await?;
+    // The engine decodes JSON produced to a columnar stream's topic once,
+    // here, on write; other topics take the records as they are.
+    let positions =
+        state
+            .engine
+            .sql()
+            .produce(&topic, records)
+            .await
+            .map_err(|error| match error {
+                // The log's own errors keep their status (404 partition, 413...).
+                sluice_engine::sql::Error::Storage(error) => ApiError::from(error),
+                other => ApiError::from(sluice_engine::Error::from(other)),
+            })?;
     Ok(Json(wire::ProduceResponse {
         offsets: positions
             .into_iter()
@@ -666,12 +678,37 @@ fn text_or_base64(bytes: &[u8], binary: &mut bool) -> String {
 /// Renders a fetch as NDJSON lines.
 fn render(fetch: &Fetch, out: &mut Vec<u8>, limit: &mut usize) -> storage::Result<()> {
     for batch in &fetch.batches {
-        if batch.kind() != storage::PayloadKind::Rows {
-            return Err(storage::Error::InvalidInput(format!(
-                "{}/{} holds columnar batches, which the HTTP API cannot render yet",
-                batch.topic(),
-                batch.partition()
-            )));
+        if let Some(columnar) = batch.columnar()? {
+            // A columnar batch's rows read as JSON objects, one per offset.
+            let (start, end) = columnar.rows;
+            let values =
+                sluice_engine::ipc_json_rows(columnar.ipc, start..end).map_err(|reason| {
+                    storage::Error::Corrupt {
+                        topic: batch.topic().to_string(),
+                        partition: batch.partition(),
+                        offset: batch.base_offset(),
+                        reason,
+                    }
+                })?;
+            for (row, value) in (start..end).zip(values) {
+                if *limit == 0 {
+                    return Ok(());
+                }
+                let line = wire::RecordOut {
+                    partition: batch.partition(),
+                    offset: columnar.base_offset + row as u64,
+                    timestamp: columnar.timestamp_ms(row),
+                    key: None,
+                    value: String::from_utf8_lossy(&value).into_owned(),
+                    headers: Vec::new(),
+                    encoding: None,
+                };
+                serde_json::to_writer(&mut *out, &line)
+                    .map_err(|e| storage::Error::Internal(format!("rendering a record: {e}")))?;
+                out.push(b'\n');
+                *limit -= 1;
+            }
+            continue;
         }
         for record in batch.records()? {
             if *limit == 0 {

@@ -8,9 +8,9 @@
 //!
 //! On a terminal, without `-c`/`-f`, the shell is interactive: a prompt,
 //! statements over several lines up to their `;`, backslash commands
-//! (`\help`), Ctrl-C to cancel the running statement. Lines are read in the
-//! terminal's own line mode (erase works; arrow-key editing and history
-//! recall do not yet).
+//! (`\help`), Ctrl-C to cancel the running statement. Lines are edited with
+//! rustyline (arrow keys, Emacs bindings, Ctrl-R search); each statement
+//! is one history entry, kept in `~/.sluice_history` (or `$SLUICE_HISTORY`).
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -110,7 +110,7 @@ SQL reference: docs/sql.md.";
 /// The interactive shell: a prompt, statements over as many lines as they
 /// need, backslash commands, Ctrl-C to cancel.
 async fn interactive(client: &Client, mut format: String) -> anyhow::Result<Outcome> {
-    let mut lines = stdin_lines();
+    let mut editor = LineEditor::start()?;
     let mut timing = false;
     let mut buffer = String::new();
     println!(
@@ -123,23 +123,18 @@ async fn interactive(client: &Client, mut format: String) -> anyhow::Result<Outc
         } else {
             "   ...> "
         };
-        print!("{prompt}");
-        std::io::stdout().flush()?;
-        let line = tokio::select! {
-            line = lines.recv() => line,
-            _ = tokio::signal::ctrl_c() => {
+        let line = match editor.read_line(prompt).await? {
+            Line::Text(line) => line,
+            Line::Interrupted => {
                 // Ctrl-C at the prompt drops what was typed, as psql does.
-                println!();
                 buffer.clear();
                 continue;
             }
+            Line::Eof => {
+                println!();
+                break;
+            }
         };
-        let Some(line) = line else {
-            // Ctrl-D.
-            println!();
-            break;
-        };
-        let line = line?;
         let trimmed = line.trim();
         if buffer.is_empty() {
             if trimmed.is_empty() {
@@ -161,6 +156,7 @@ async fn interactive(client: &Client, mut format: String) -> anyhow::Result<Outc
             continue;
         }
         let script = std::mem::take(&mut buffer);
+        editor.add_history(script.trim_end());
         let statements = match split_statements(&script) {
             Ok(statements) => statements,
             Err(error) => {
@@ -236,30 +232,98 @@ fn backslash(command: &str, timing: &mut bool, format: &mut String) -> Backslash
     Backslash::Done
 }
 
-/// Lines of standard input, read on their own thread so that the prompt
-/// can also wait for Ctrl-C.
-fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(1);
-    std::thread::spawn(move || {
-        let stdin = std::io::stdin();
-        loop {
-            let mut line = String::new();
-            match stdin.read_line(&mut line) {
-                Ok(0) => return,
-                Ok(_) => {
-                    let line = line.trim_end_matches(['\n', '\r']).to_string();
-                    if sender.blocking_send(Ok(line)).is_err() {
-                        return;
+/// What the prompt read.
+enum Line {
+    Text(String),
+    /// Ctrl-C.
+    Interrupted,
+    /// Ctrl-D on an empty line, or the terminal went away.
+    Eof,
+}
+
+enum EditorRequest {
+    ReadLine {
+        prompt: &'static str,
+        reply: tokio::sync::oneshot::Sender<rustyline::Result<String>>,
+    },
+    AddHistory(String),
+}
+
+/// rustyline on its own thread, so that the async loop can await a line.
+/// The terminal is in raw mode only while a prompt waits for input: Ctrl-C
+/// at the prompt is a key (`Interrupted`), while a statement runs it is
+/// SIGINT, which cancels the statement.
+struct LineEditor {
+    requests: std::sync::mpsc::Sender<EditorRequest>,
+}
+
+impl LineEditor {
+    fn start() -> anyhow::Result<Self> {
+        let config = rustyline::Config::builder()
+            .max_history_size(10_000)
+            .context("configuring the line editor")?
+            .history_ignore_dups(true)
+            .context("configuring the line editor")?
+            .auto_add_history(false)
+            .build();
+        let mut editor =
+            rustyline::DefaultEditor::with_config(config).context("starting the line editor")?;
+        let history = history_path();
+        if let Some(path) = &history {
+            // A missing file is a first session; an unreadable one is not
+            // worth refusing to start for.
+            let _ = editor.load_history(path);
+        }
+        let (requests, receiver) = std::sync::mpsc::channel::<EditorRequest>();
+        std::thread::Builder::new()
+            .name("sluice-line-editor".into())
+            .spawn(move || {
+                for request in receiver {
+                    match request {
+                        EditorRequest::ReadLine { prompt, reply } => {
+                            let _ = reply.send(editor.readline(prompt));
+                        }
+                        EditorRequest::AddHistory(entry) => {
+                            if matches!(editor.add_history_entry(entry), Ok(true))
+                                && let Some(path) = &history
+                            {
+                                let _ = editor.append_history(path);
+                            }
+                        }
                     }
                 }
-                Err(error) => {
-                    let _ = sender.blocking_send(Err(error));
-                    return;
-                }
-            }
+            })
+            .context("starting the line editor")?;
+        Ok(LineEditor { requests })
+    }
+
+    async fn read_line(&mut self, prompt: &'static str) -> anyhow::Result<Line> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests
+            .send(EditorRequest::ReadLine { prompt, reply })
+            .context("the line editor stopped")?;
+        match answer.await.context("the line editor stopped")? {
+            Ok(line) => Ok(Line::Text(line)),
+            Err(rustyline::error::ReadlineError::Interrupted) => Ok(Line::Interrupted),
+            Err(rustyline::error::ReadlineError::Eof) => Ok(Line::Eof),
+            Err(error) => Err(error).context("reading the terminal"),
         }
-    });
-    receiver
+    }
+
+    fn add_history(&mut self, entry: &str) {
+        let _ = self
+            .requests
+            .send(EditorRequest::AddHistory(entry.to_string()));
+    }
+}
+
+/// `$SLUICE_HISTORY`, else `~/.sluice_history`; none when there is no home.
+fn history_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SLUICE_HISTORY") {
+        return Some(PathBuf::from(path));
+    }
+    let home = std::env::var_os("HOME").filter(|home| !home.is_empty())?;
+    Some(PathBuf::from(home).join(".sluice_history"))
 }
 
 struct Client {

@@ -812,7 +812,7 @@ struct Terminal {
 }
 
 impl Terminal {
-    fn spawn(args: &[&str]) -> Terminal {
+    fn spawn(args: &[&str], envs: &[(&str, &std::path::Path)]) -> Terminal {
         use std::os::fd::FromRawFd;
         use std::os::unix::process::CommandExt;
         let (mut master, mut slave) = (0, 0);
@@ -838,6 +838,7 @@ impl Terminal {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command
             .args(args)
+            .envs(envs.iter().copied())
             .stdin(slave.try_clone().expect("dup"))
             .stdout(slave.try_clone().expect("dup"))
             .stderr(slave);
@@ -906,7 +907,8 @@ fn the_interactive_shell_runs_statements_and_ctrl_c_cancels_a_push_query() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());
     let url = format!("http://{}", server.address);
-    let mut shell = Terminal::spawn(&["shell", "--url", &url]);
+    let history = dir.path().join("history");
+    let mut shell = Terminal::spawn(&["shell", "--url", &url], &[("SLUICE_HISTORY", &history)]);
     shell.expect("sluice> ");
     // A statement over two lines.
     shell.type_keys("CREATE STREAM s (id BIGINT)\r");
@@ -932,6 +934,14 @@ fn the_interactive_shell_runs_statements_and_ctrl_c_cancels_a_push_query() {
     let table = shell.expect("(1 row)");
     assert!(table.contains("42"), "{table}");
     shell.expect("Time: ");
+    // Up-arrow recalls the last statement.
+    shell.type_keys("\u{1b}[A\r");
+    let table = shell.expect("(1 row)");
+    assert!(table.contains("42"), "{table}");
+    // Left-arrow moves into the line; what is typed there is inserted.
+    shell.type_keys("SELECT 2 AS tw;\u{1b}[Do\r");
+    let table = shell.expect("(1 row)");
+    assert!(table.contains("two"), "{table}");
     // A failing statement says why and the shell goes on.
     shell.type_keys("SELECT * FROM nope;\r");
     shell.expect("unknown stream \"nope\"");
@@ -943,6 +953,10 @@ fn the_interactive_shell_runs_statements_and_ctrl_c_cancels_a_push_query() {
         Some(0),
         "a session's errors are not its exit code"
     );
+    // Statements, multi-line ones whole, are kept for the next session.
+    let kept = std::fs::read_to_string(&history).expect("history file");
+    assert!(kept.contains("SELECT 41 + 1 AS answer;"), "{kept}");
+    assert!(kept.contains("CREATE STREAM s (id BIGINT)"), "{kept}");
     server.stop();
 }
 
@@ -1260,4 +1274,64 @@ fn the_push_latency_bench_reads_every_row_back() {
     assert_eq!(report["bench"], "push-latency");
     assert_eq!(report["rows"], 50);
     assert!(report["p99_ms"].as_f64().expect("p99") >= report["p50_ms"].as_f64().expect("p50"));
+}
+
+#[test]
+fn a_columnar_topic_takes_json_records_and_reads_back_json_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (status, body) = server.post(
+        "/v1/sql",
+        r#"{"sql": "CREATE STREAM cols (id BIGINT NOT NULL, name VARCHAR) WITH (format = 'arrow')"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    // Values are decoded once, here, into the stream's columns.
+    let (status, body) = server.post(
+        "/v1/topics/cols/records",
+        r#"{"records":[{"value":{"id":1,"name":"a"},"timestamp":42},{"value":{"id":2}}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["offsets"][1]["offset"], 1);
+    // A value that does not fit fails the request; nothing of it is written.
+    let (status, body) = server.post(
+        "/v1/topics/cols/records",
+        r#"{"records":[{"value":{"id":3}},{"value":{"id":"three"}}]}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        json(&body)["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("record 2")),
+        "{body}"
+    );
+    let (status, body) = server.post(
+        "/v1/topics/cols/records",
+        r#"{"records":[{"value":{"id":4},"headers":[{"name":"h","value":"v"}]}]}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.post(
+        "/v1/topics/cols/records",
+        r#"{"records":[{"value":{"id":4},"partition":7}]}"#,
+    );
+    assert_eq!(status, 404, "{body}");
+
+    // Readers of records get each row as a JSON object.
+    let (status, body) = server.get("/v1/topics/cols/records?partition=0&offset=1");
+    assert_eq!(status, 200, "{body}");
+    let lines: Vec<serde_json::Value> = body.lines().map(json).collect();
+    assert_eq!(lines.len(), 1, "{body}");
+    assert_eq!(lines[0]["offset"], 1);
+    let value: serde_json::Value =
+        serde_json::from_str(lines[0]["value"].as_str().expect("text")).expect("a JSON row");
+    assert_eq!(value, serde_json::json!({"id": 2}));
+    let (status, body) = server.get("/v1/topics/cols/records?partition=0");
+    assert_eq!(status, 200, "{body}");
+    let first = json(body.lines().next().expect("a row"));
+    assert_eq!(first["timestamp"], 42);
+    assert_eq!(first["value"], r#"{"id":1,"name":"a"}"#);
+
+    let (status, body) = server.post("/v1/sql", r#"{"sql": "SELECT count(*) AS n FROM cols"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["results"][0]["rows"][0][0], 2);
+    server.stop();
 }

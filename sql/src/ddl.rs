@@ -8,8 +8,8 @@ use datafusion::sql::sqlparser::ast::{ColumnDef, ColumnOption};
 use sluice_storage::{CleanupPolicy, TopicConfig, TopicSettings};
 
 use crate::catalog::{
-    Format, OnError, StreamDef, TIMESTAMP_COLUMN, is_metadata_column, metadata_fields, not_found,
-    validate_stream_name,
+    Compression, Format, OnError, StreamDef, TIMESTAMP_COLUMN, is_metadata_column, metadata_fields,
+    not_found, validate_stream_name,
 };
 use crate::context::{SqlContext, from_datafusion};
 use crate::error::{Error, Result};
@@ -23,7 +23,14 @@ const TOPIC_OPTIONS: &[&str] = &[
     "retention_bytes",
     "cleanup",
 ];
-const STREAM_OPTIONS: &[&str] = &["topic", "format", "partitions", "key", "on_error"];
+const STREAM_OPTIONS: &[&str] = &[
+    "topic",
+    "format",
+    "partitions",
+    "key",
+    "on_error",
+    "compression",
+];
 
 impl SqlContext {
     pub(crate) fn create_topic(
@@ -179,6 +186,15 @@ impl SqlContext {
             Some(text) => OnError::parse(&text)?,
             None => OnError::Skip,
         };
+        let compression = match options.take_string("compression")? {
+            Some(_) if format != Format::Arrow => {
+                return Err(Error::invalid(
+                    "compression is a setting of columnar streams (format = 'arrow')",
+                ));
+            }
+            Some(text) => Compression::parse(&text)?,
+            None => Compression::None,
+        };
         options.finish("CREATE STREAM", STREAM_OPTIONS)?;
 
         let value_schema = match given_schema {
@@ -228,6 +244,7 @@ impl SqlContext {
             watermark_delay_ms,
             on_error,
             key_column,
+            compression,
         };
         self.blocking(move |sql| sql.create_stream_storage(def, partitions))
             .await
@@ -239,6 +256,7 @@ impl SqlContext {
         let (name, topic, format) = (def.name.clone(), def.topic.clone(), def.format);
         let storage = self.storage();
         if storage.topic_exists(&topic) {
+            self.check_topic_binding(&def)?;
             let existing = storage.partition_count(&topic)?;
             if let Some(wanted) = partitions
                 && wanted != u64::from(existing)
@@ -260,6 +278,54 @@ impl SqlContext {
         )))
     }
 
+    /// A topic holds either row records or the columnar batches of one
+    /// schema: a columnar stream binds only an empty topic or one whose
+    /// columnar streams have its columns, and a row stream binds no topic
+    /// of a columnar stream.
+    fn check_topic_binding(&self, def: &StreamDef) -> Result<()> {
+        let topic = &def.topic;
+        let columnar = self.catalog().columnar_stream_for_topic(topic);
+        match (def.format, columnar) {
+            (Format::Arrow, Some(other)) => {
+                let same = other.value_schema.fields().len() == def.value_schema.fields().len()
+                    && other
+                        .value_schema
+                        .fields()
+                        .iter()
+                        .zip(def.value_schema.fields())
+                        .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+                if !same {
+                    return Err(Error::invalid(format!(
+                        "topic \"{topic}\" holds the columnar batches of stream {}, whose \
+                         columns differ; a columnar stream on it needs the same columns",
+                        other.name
+                    )));
+                }
+                Ok(())
+            }
+            (Format::Arrow, None) => {
+                let partitions = self.storage().partition_count(topic)?;
+                for partition in 0..partitions {
+                    let (_, end) = self.storage().offsets(topic, partition)?;
+                    if end > 0 {
+                        return Err(Error::invalid(format!(
+                            "topic \"{topic}\" already holds records; a columnar stream \
+                             (format = 'arrow') needs a new or empty topic"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            (_, Some(other)) => Err(Error::invalid(format!(
+                "topic \"{topic}\" holds the columnar batches of stream {}; a {} stream cannot \
+                 read it (use format = 'arrow')",
+                other.name,
+                def.format.as_str()
+            ))),
+            (_, None) => Ok(()),
+        }
+    }
+
     /// The value columns of a new stream, typed by DataFusion's own SQL
     /// type mapping (timestamps in milliseconds, the log's unit).
     async fn value_schema(&self, columns: &[ColumnDef], format: Format) -> Result<Schema> {
@@ -271,7 +337,8 @@ impl SqlContext {
                     true,
                 )])),
                 _ => Err(Error::invalid(format!(
-                    "a {} stream needs columns: CREATE STREAM name (column TYPE, ...) WITH (...)",
+                    "{} {} stream needs columns: CREATE STREAM name (column TYPE, ...) WITH (...)",
+                    if format == Format::Arrow { "an" } else { "a" },
                     format.as_str()
                 ))),
             };
@@ -500,7 +567,12 @@ impl SqlContext {
             stream.name,
             stream.topic,
             if partitions == 1 { "" } else { "s" },
-            stream.format.as_str(),
+            match (stream.format, stream.compression) {
+                (Format::Arrow, Compression::None) => "arrow".to_string(),
+                (Format::Arrow, compression) =>
+                    format!("arrow ({} compression)", compression.as_str()),
+                (format, _) => format.as_str().to_string(),
+            },
             stream.event_time,
             stream.watermark_delay_ms,
             stream.on_error.as_str(),

@@ -19,10 +19,15 @@ use datafusion::arrow::json;
 
 use crate::catalog::{Format, StreamDef};
 use crate::error::{Error, Result};
+use crate::fastjson::ProjectedJson;
 
 /// Rows the reused JSON decoder takes per chunk; bigger chunks get a
 /// decoder of their own.
 const FAST_PATH_ROWS: usize = 16 * 1024;
+
+/// Chunks of good values that the projecting decoder may leave to
+/// arrow-json before it is no longer tried.
+const MAX_PROJECTED_MISSES: u32 = 3;
 
 /// The rows decoded from a chunk of values, and the values that failed.
 #[derive(Debug)]
@@ -38,6 +43,14 @@ pub(crate) struct ValueDecoder {
     /// The fast path's JSON decoder, kept across chunks so its buffers are
     /// allocated once; dropped after an error (its state is then unknown).
     json: Option<json::reader::Decoder>,
+    /// The projecting decoder fed values ahead of arrow-json, while the
+    /// stream's values stay inside what it handles.
+    projected: Option<ProjectedJson>,
+    /// The last fed chunk left the projecting decoder's path.
+    projected_missed: bool,
+    /// Chunks it left that arrow-json then decoded whole: after a few, the
+    /// values are not its kind and it is no longer tried.
+    projected_misses: u32,
     format: Format,
     /// The stream's value columns (all of them, for CSV's positions).
     full_schema: SchemaRef,
@@ -53,6 +66,7 @@ pub(crate) struct ValueDecoder {
 /// chunk and takes the record-by-record path.
 pub(crate) struct JsonFeed {
     decoder: Option<json::reader::Decoder>,
+    projected: Option<ProjectedJson>,
     rows: usize,
     failed: bool,
 }
@@ -61,6 +75,14 @@ impl JsonFeed {
     /// Feeds one value.
     pub(crate) fn push(&mut self, value: &[u8]) {
         if self.failed {
+            return;
+        }
+        if let Some(projected) = &mut self.projected {
+            if projected.push(value) {
+                self.rows += 1;
+            } else {
+                self.failed = true;
+            }
             return;
         }
         let Some(decoder) = &mut self.decoder else {
@@ -99,9 +121,22 @@ impl ValueDecoder {
                 .project(&projection)
                 .map_err(|e| Error::Internal(format!("bad projection: {e}")))?,
         );
+        // Values written to a columnar stream's topic are JSON; they are
+        // decoded once, on write.
+        let format = match def.format {
+            Format::Arrow => Format::Json,
+            other => other,
+        };
+        let projected = match format {
+            Format::Json => ProjectedJson::try_new(&schema),
+            _ => None,
+        };
         Ok(ValueDecoder {
             json: None,
-            format: def.format,
+            projected,
+            projected_missed: false,
+            projected_misses: 0,
+            format,
             full_schema,
             projection,
             schema,
@@ -115,12 +150,21 @@ impl ValueDecoder {
 
     /// Starts feeding a chunk of JSON values.
     pub(crate) fn json_feed(&mut self) -> JsonFeed {
+        if let Some(projected) = self.projected.take() {
+            return JsonFeed {
+                decoder: None,
+                projected: Some(projected),
+                rows: 0,
+                failed: false,
+            };
+        }
         let decoder = match self.json.take() {
             Some(decoder) => Some(decoder),
             None => self.json_decoder(FAST_PATH_ROWS).ok(),
         };
         JsonFeed {
             decoder,
+            projected: None,
             rows: 0,
             failed: false,
         }
@@ -129,6 +173,17 @@ impl ValueDecoder {
     /// The rows of a fed chunk; `None` if any value was bad (or the chunk
     /// outgrew the decoder), for the caller to take the slow path.
     pub(crate) fn finish_feed(&mut self, feed: JsonFeed) -> Option<RecordBatch> {
+        if let Some(mut projected) = feed.projected {
+            let batch = if feed.failed {
+                projected.reset();
+                self.projected_missed = true;
+                None
+            } else {
+                projected.finish()
+            };
+            self.projected = Some(projected);
+            return batch;
+        }
         if feed.failed || feed.rows >= FAST_PATH_ROWS {
             return None;
         }
@@ -153,7 +208,15 @@ impl ValueDecoder {
                 bad: Vec::new(),
             });
         }
+        let missed = std::mem::take(&mut self.projected_missed);
         if let Some(batch) = self.decode_all(values) {
+            if missed {
+                // Good values the projecting decoder would not take.
+                self.projected_misses += 1;
+                if self.projected_misses >= MAX_PROJECTED_MISSES {
+                    self.projected = None;
+                }
+            }
             return Ok(Decoded {
                 batch,
                 bad: Vec::new(),
@@ -192,6 +255,7 @@ impl ValueDecoder {
             }
             Format::Csv => self.decode_csv(values).ok()?,
             Format::Raw => self.decode_raw(values).ok()?,
+            Format::Arrow => return None,
         };
         (batch.num_rows() == values.len()).then_some(batch)
     }
@@ -202,6 +266,9 @@ impl ValueDecoder {
             Format::Json => self.decode_json(&[value]),
             Format::Csv => self.decode_csv(&[value]),
             Format::Raw => self.decode_raw(&[value]),
+            Format::Arrow => Err(ArrowError::InvalidArgumentError(
+                "columnar values are not decoded one by one".to_string(),
+            )),
         }
         .map_err(|e| describe(self.format, e))?;
         match batch.num_rows() {

@@ -10,12 +10,12 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::util::display::FormatOptions;
 use datafusion::sql::sqlparser::ast::Expr;
-use sluice_storage::{ProduceRecord, Record};
+use sluice_storage::{ProduceRecord, Record, RecordPosition};
 
 use crate::catalog::{Format, StreamDef, not_found};
+use crate::columnar::{json_rows, key_strings};
 use crate::context::{SqlContext, from_datafusion};
 use crate::error::{Error, Result};
 use crate::output::{Output, QueryOutput};
@@ -118,11 +118,23 @@ impl SqlContext {
         batches: Vec<RecordBatch>,
     ) -> Result<Output> {
         let rows = conform(def, targets, &batches)?;
-        let records = encode(def, &rows)?;
-        let positions = if records.is_empty() {
+        let positions = if rows.num_rows() == 0 {
             Vec::new()
+        } else if def.format == Format::Arrow {
+            self.send_batch_to(def, &rows)
+                .await?
+                .into_iter()
+                .flat_map(|range| {
+                    range.offsets.map(move |offset| RecordPosition {
+                        partition: range.partition,
+                        offset,
+                    })
+                })
+                .collect()
         } else {
-            self.storage().produce(&def.topic, records).await?
+            self.storage()
+                .produce(&def.topic, encode(def, &rows)?)
+                .await?
         };
         let schema: SchemaRef = Arc::new(Schema::new(vec![
             Field::new("partition", DataType::Int32, false),
@@ -151,6 +163,16 @@ impl SqlContext {
     }
 }
 
+/// What rows of a continuous query become in a stream.
+#[derive(Debug)]
+pub enum SinkRows {
+    /// One record per row (row formats).
+    Records(Vec<Record>),
+    /// The rows as the stream's value columns, for a columnar stream
+    /// ([`crate::columnar_batches`] cuts them into stored batches).
+    Columnar(RecordBatch),
+}
+
 /// The records that rows of a continuous query become in the stream
 /// `def` (`columns` as an `INSERT` names them, all when empty): matched by
 /// position, cast and checked as `INSERT` does, encoded in its format,
@@ -159,7 +181,7 @@ pub fn encode_for_stream(
     def: &StreamDef,
     columns: &[String],
     batches: &[RecordBatch],
-) -> Result<Vec<Record>> {
+) -> Result<SinkRows> {
     let targets = target_columns(def, columns)?;
     if let Some(batch) = batches.first()
         && batch.num_columns() != targets.len()
@@ -173,10 +195,15 @@ pub fn encode_for_stream(
         )));
     }
     let rows = conform(def, &targets, batches)?;
-    Ok(encode(def, &rows)?
-        .into_iter()
-        .map(|produce| produce.record)
-        .collect())
+    if def.format == Format::Arrow {
+        return Ok(SinkRows::Columnar(rows));
+    }
+    Ok(SinkRows::Records(
+        encode(def, &rows)?
+            .into_iter()
+            .map(|produce| produce.record)
+            .collect(),
+    ))
 }
 
 /// Checks that a query giving `columns` can be inserted into `def`.
@@ -194,7 +221,7 @@ pub fn check_insert_columns(def: &StreamDef, columns: &[String], given: usize) -
 }
 
 /// The stream columns an `INSERT` names (all value columns when it names none).
-fn target_columns(def: &StreamDef, columns: &[String]) -> Result<Vec<String>> {
+pub(crate) fn target_columns(def: &StreamDef, columns: &[String]) -> Result<Vec<String>> {
     let known: Vec<String> = def
         .value_schema
         .fields()
@@ -223,7 +250,11 @@ fn target_columns(def: &StreamDef, columns: &[String]) -> Result<Vec<String>> {
 
 /// One batch with exactly the stream's value columns: named columns cast to
 /// their type, the others NULL; NOT NULL columns checked.
-fn conform(def: &StreamDef, targets: &[String], batches: &[RecordBatch]) -> Result<RecordBatch> {
+pub(crate) fn conform(
+    def: &StreamDef,
+    targets: &[String],
+    batches: &[RecordBatch],
+) -> Result<RecordBatch> {
     let input_schema = match batches.first() {
         Some(batch) => batch.schema(),
         None => return Ok(RecordBatch::new_empty(def.value_schema.clone())),
@@ -265,21 +296,11 @@ fn conform(def: &StreamDef, targets: &[String], batches: &[RecordBatch]) -> Resu
 fn encode(def: &StreamDef, rows: &RecordBatch) -> Result<Vec<ProduceRecord>> {
     let count = rows.num_rows();
     let values: Vec<Vec<u8>> = match def.format {
-        Format::Json => {
-            let mut buffer = Vec::new();
-            {
-                let mut writer = LineDelimitedWriter::new(&mut buffer);
-                writer
-                    .write(rows)
-                    .and_then(|()| writer.finish())
-                    .map_err(|e| Error::invalid(format!("cannot encode as JSON: {e}")))?;
-            }
-            // JSON escapes newlines inside strings, so lines are records.
-            buffer
-                .split(|b| *b == b'\n')
-                .filter(|line| !line.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect()
+        Format::Json => json_rows(rows)?,
+        Format::Arrow => {
+            return Err(Error::Internal(
+                "columnar rows are stored as batches, not records".to_string(),
+            ));
         }
         Format::Csv => (0..count)
             .map(|i| {
@@ -319,19 +340,7 @@ fn encode(def: &StreamDef, rows: &RecordBatch) -> Result<Vec<ProduceRecord>> {
             values.len()
         )));
     }
-    let keys: Option<ArrayRef> = match &def.key_column {
-        Some(key) => {
-            let index = def
-                .value_schema
-                .index_of(key)
-                .map_err(|e| Error::Internal(format!("key column: {e}")))?;
-            Some(
-                cast_with_options(rows.column(index), &DataType::Utf8, &CastOptions::default())
-                    .map_err(|e| Error::invalid(format!("key column {key}: {e}")))?,
-            )
-        }
-        None => None,
-    };
+    let keys = key_strings(def, rows)?;
     Ok(values
         .into_iter()
         .enumerate()

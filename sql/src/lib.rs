@@ -12,12 +12,14 @@
 
 pub mod analysis;
 mod catalog;
+mod columnar;
 mod context;
 mod ddl;
 mod deadletter;
 mod decode;
 mod duration;
 mod error;
+mod fastjson;
 mod insert;
 mod output;
 mod parser;
@@ -28,14 +30,17 @@ mod window;
 mod tests;
 
 pub use catalog::{
-    Catalog, DEAD_LETTER_SUFFIX, Format, KEY_COLUMN, OFFSET_COLUMN, OnError, PARTITION_COLUMN,
-    StreamDef, TIMESTAMP_COLUMN, is_metadata_column, metadata_fields,
+    Catalog, Compression, DEAD_LETTER_SUFFIX, Format, KEY_COLUMN, OFFSET_COLUMN, OnError,
+    PARTITION_COLUMN, StreamDef, TIMESTAMP_COLUMN, is_metadata_column, metadata_fields,
+};
+pub use columnar::{
+    AppendedRange, MAX_BATCH_ROWS, columnar_batches, decode_ipc, ipc_json_rows, json_rows,
 };
 pub use context::{PlannedQuery, SqlContext, SqlOptions, from_datafusion};
 pub use deadletter::DeadLetters;
 pub use duration::{expr_to_duration, parse_duration};
 pub use error::{Error, Result};
-pub use insert::{check_insert_columns, encode_for_stream};
+pub use insert::{SinkRows, check_insert_columns, encode_for_stream};
 pub use output::{Output, QueryOutput};
 pub use parser::{
     CreateStream, Emit, EmitMode, ShowObject, Statement, StatementText, StreamingQuery,

@@ -8,7 +8,7 @@
 //! through a small channel: partitions decode in parallel, and a consumer
 //! that stops early (`LIMIT`) stops the readers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     Array, ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
-    TimestampMillisecondArray,
+    TimestampMillisecondArray, new_null_array,
 };
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, ScalarValue};
@@ -35,8 +36,9 @@ use datafusion::physical_plan::{
 use sluice_storage::{PayloadKind, ReadLimits, Storage};
 
 use crate::catalog::{
-    OFFSET_COLUMN, OnError, PARTITION_COLUMN, StreamDef, TIMESTAMP_COLUMN, metadata_fields,
+    Format, OFFSET_COLUMN, OnError, PARTITION_COLUMN, StreamDef, TIMESTAMP_COLUMN, metadata_fields,
 };
+use crate::columnar::decode_ipc;
 use crate::deadletter::{BadRecord, DeadLetters};
 use crate::decode::ValueDecoder;
 use crate::error::Error;
@@ -689,6 +691,13 @@ struct RangeReader {
     schema: SchemaRef,
     sources: Vec<Source>,
     decoder: ValueDecoder,
+    /// Columnar streams: the value columns read from each IPC batch (the
+    /// wanted ones in schema order, then the key column when `_key` is
+    /// wanted), and where the key column lands among them.
+    ipc_projection: Vec<usize>,
+    ipc_key: Option<usize>,
+    /// Columnar batches read but not yet returned.
+    pending: VecDeque<RecordBatch>,
     range: PartitionRange,
     next_offset: u64,
     remaining: Option<usize>,
@@ -741,6 +750,20 @@ impl RangeReader {
                 }
             })
             .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let mut ipc_projection = value_columns.clone();
+        let mut ipc_key = None;
+        if sources.iter().any(|s| matches!(s, Source::Key))
+            && let Some(key) = &def.key_column
+            && let Ok(index) = def.value_schema.index_of(key)
+        {
+            ipc_key = Some(match ipc_projection.iter().position(|c| *c == index) {
+                Some(position) => position,
+                None => {
+                    ipc_projection.push(index);
+                    ipc_projection.len() - 1
+                }
+            });
+        }
         let decoder = ValueDecoder::new(&def, value_columns)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let event_time_column = match &context.report.event_time {
@@ -753,6 +776,9 @@ impl RangeReader {
             schema,
             sources,
             decoder,
+            ipc_projection,
+            ipc_key,
+            pending: VecDeque::new(),
             next_offset: range.start,
             range,
             remaining: limit,
@@ -762,10 +788,14 @@ impl RangeReader {
 
     fn next_batch(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
         loop {
-            if self.next_offset >= self.range.end || self.remaining == Some(0) {
+            if self.remaining == Some(0) {
                 return Ok(None);
             }
-            let batch = self.read_chunk()?;
+            let batch = match self.pending.pop_front() {
+                Some(batch) => Some(batch),
+                None if self.next_offset >= self.range.end => return Ok(None),
+                None => self.read_chunk()?,
+            };
             if let Some(batch) = batch
                 && batch.num_rows() > 0
             {
@@ -788,6 +818,9 @@ impl RangeReader {
     /// ([`Storage::scan`]); a chunk with a bad value is read again, copied,
     /// to find which records are bad.
     fn read_chunk(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        if self.def.format == Format::Arrow {
+            return self.read_columnar_chunk();
+        }
         if !self.decoder.can_feed() {
             return self.read_chunk_copying(self.range.end);
         }
@@ -873,6 +906,145 @@ impl RangeReader {
             Ordering::Relaxed,
         );
         Ok(Some(batch))
+    }
+
+    /// Reads a chunk of a columnar stream: each stored IPC batch becomes a
+    /// record batch (no per-row decoding), cut to the offsets wanted, with
+    /// the metadata columns added. The batches queue in `pending`.
+    fn read_columnar_chunk(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        let topic = self.def.topic.clone();
+        let partition = self.range.partition;
+        let chunk_start = self.next_offset;
+        let limits = ReadLimits::records(CHUNK_RECORDS)
+            .with_max_bytes(CHUNK_BYTES)
+            .until(self.range.end);
+        // (value columns of the wanted rows, offset of the first, timestamps)
+        let mut parts: Vec<(RecordBatch, u64, Vec<i64>)> = Vec::new();
+        let mut failure: Option<sluice_storage::Error> = None;
+        let mut inside_nanos = 0u64;
+        let started = thread_cpu_nanos();
+        let (def, projection) = (&self.def, &self.ipc_projection);
+        let scanned = self
+            .context
+            .storage
+            .scan(&topic, partition, chunk_start, limits, |batch| {
+                if failure.is_some() {
+                    return Ok(());
+                }
+                let entered = thread_cpu_nanos();
+                let corrupt = |offset: u64, reason: String| sluice_storage::Error::Corrupt {
+                    topic: topic.clone(),
+                    partition,
+                    offset,
+                    reason,
+                };
+                let Some(slice) = batch.columnar()? else {
+                    failure = Some(corrupt(
+                        batch.offsets().start,
+                        format!("a row batch in the columnar stream {}", def.name),
+                    ));
+                    return Ok(());
+                };
+                let (start, end) = slice.rows;
+                let first = slice.base_offset + start as u64;
+                match decode_ipc(def, slice.ipc, projection) {
+                    Ok(full) if full.num_rows() >= end => {
+                        let times = (start..end).map(|row| slice.timestamp_ms(row)).collect();
+                        parts.push((full.slice(start, end - start), first, times));
+                    }
+                    Ok(full) => {
+                        failure = Some(corrupt(
+                            first,
+                            format!(
+                                "the Arrow IPC batch has {} rows, the log says {end}",
+                                full.num_rows()
+                            ),
+                        ));
+                    }
+                    Err(reason) => failure = Some(corrupt(slice.base_offset, reason)),
+                }
+                inside_nanos += thread_cpu_nanos().saturating_sub(entered);
+                Ok(())
+            });
+        let scanned = match scanned {
+            Ok(scanned) => scanned,
+            Err(sluice_storage::Error::OffsetOutOfRange { .. }) => {
+                return self.skip_deleted(chunk_start).map(|()| None);
+            }
+            Err(e) => return Err(external(e)),
+        };
+        if let Some(failure) = failure {
+            return Err(external(failure));
+        }
+        if scanned.batch_count == 0 {
+            self.next_offset = self.range.end;
+            return Ok(None);
+        }
+        let report = self.context.report.clone();
+        let assemble_started = thread_cpu_nanos();
+        report.read_nanos.fetch_add(
+            assemble_started
+                .saturating_sub(started)
+                .saturating_sub(inside_nanos),
+            Ordering::Relaxed,
+        );
+        report
+            .records_read
+            .fetch_add(scanned.record_count as u64, Ordering::Relaxed);
+        report
+            .batches_read
+            .fetch_add(scanned.batch_count as u64, Ordering::Relaxed);
+        self.next_offset = scanned.next_offset.min(self.range.end);
+        for (values, first, timestamps) in parts {
+            let batch = self.assemble_columnar(&values, first, &timestamps)?;
+            self.pending.push_back(batch);
+        }
+        report.decode_nanos.fetch_add(
+            inside_nanos + thread_cpu_nanos().saturating_sub(assemble_started),
+            Ordering::Relaxed,
+        );
+        Ok(self.pending.pop_front())
+    }
+
+    /// The output batch of rows read from a columnar batch: `values` holds
+    /// the columns of `ipc_projection`; row `i` has offset `first + i`.
+    fn assemble_columnar(
+        &self,
+        values: &RecordBatch,
+        first: u64,
+        timestamps: &[i64],
+    ) -> datafusion::common::Result<RecordBatch> {
+        let rows = values.num_rows();
+        let partition = self.range.partition;
+        let columns: Vec<ArrayRef> = self
+            .sources
+            .iter()
+            .map(|source| -> datafusion::common::Result<ArrayRef> {
+                Ok(match source {
+                    Source::Value(position) => values.column(*position).clone(),
+                    Source::Key => match self.ipc_key {
+                        Some(key) => cast(values.column(key), &DataType::Utf8)?,
+                        None => new_null_array(&DataType::Utf8, rows),
+                    },
+                    Source::Partition => Arc::new(Int32Array::from(vec![partition as i32; rows])),
+                    Source::Offset => Arc::new(Int64Array::from_iter_values(
+                        (0..rows).map(|i| (first + i as u64) as i64),
+                    )),
+                    Source::Timestamp => Arc::new(TimestampMillisecondArray::from_iter_values(
+                        timestamps.iter().copied(),
+                    )),
+                })
+            })
+            .collect::<datafusion::common::Result<_>>()?;
+        let batch = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        match self.event_time_column {
+            Some(column) => self.track_event_time(batch, column, |i| (first + i as u64) as i64),
+            None => Ok(batch),
+        }
     }
 
     /// Retention removed the start of the range while the query ran: those

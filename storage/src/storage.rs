@@ -461,6 +461,14 @@ impl Storage {
         Ok(self.inner.shared.topic(name)?.partition_count())
     }
 
+    /// The partition that the next keyless batch of `topic` goes to: the
+    /// same round-robin [`Storage::produce`] uses, advanced by one.
+    pub fn next_partition(&self, topic: &str) -> Result<u32> {
+        let topic = self.inner.shared.topic(topic)?;
+        let partitions = topic.partition_count().max(1);
+        Ok(topic.round_robin.fetch_add(1, Ordering::Relaxed) % partitions)
+    }
+
     /// `(log_start_offset, end_offset)` of a partition.
     pub fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64)> {
         let topic = self.inner.shared.topic(topic)?;

@@ -100,7 +100,13 @@ pub async fn run_latency_bench(
         .find(|s| s.to_ascii_uppercase().contains("SELECT"))
         .ok_or_else(|| Error::Internal(format!("{} has no SELECT", options.query)))?;
     let partitions = options.partitions.max(1);
-    let engine = super::nexmark_engine(dir, options.target_partitions, partitions).await?;
+    let engine = super::nexmark_engine(
+        dir,
+        options.target_partitions,
+        partitions,
+        sluice_sql::Format::Json,
+    )
+    .await?;
     let handle = engine
         .start_query(&format!(
             "CREATE STREAM latency_out AS {} EVERY INTERVAL '{}' MILLISECOND",

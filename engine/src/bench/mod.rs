@@ -15,7 +15,7 @@ use ::nexmark::config::NexmarkConfig;
 use ::nexmark::event::{Event, EventType};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::json::ReaderBuilder;
-use sluice_sql::{Output, SqlOptions};
+use sluice_sql::{Format, Output, SqlOptions, columnar_batches};
 use sluice_storage::{Durability, Record, Storage};
 
 use crate::engine::Engine;
@@ -356,6 +356,9 @@ pub struct NexmarkBenchOptions {
     /// The query's `max_records_per_trigger` (none: the query's default,
     /// [`sluice_sql::analysis::DEFAULT_MAX_RECORDS_PER_TRIGGER`]).
     pub max_records_per_trigger: Option<u64>,
+    /// The streams' format: `json` (decoded by every query) or `arrow`
+    /// (decoded once, when loaded).
+    pub format: Format,
 }
 
 /// What one Nexmark run measured.
@@ -372,6 +375,10 @@ pub struct NexmarkBenchReport {
     pub events_per_cpu_s: f64,
     /// arrow-json decoding the bids from memory on one core, same run.
     pub decode_limit_events_per_s: f64,
+    /// `arrow` streams: DataFusion running the query's shape as one batch
+    /// query over the same bids as in-memory Arrow batches, per CPU-second
+    /// (none for queries without a batch form here).
+    pub batch_events_per_cpu_s: Option<f64>,
     pub output_rows: u64,
     /// Peak resident memory while the query ran (the load excluded).
     pub peak_rss_bytes: u64,
@@ -392,12 +399,12 @@ pub async fn run_nexmark_bench(
 ) -> Result<NexmarkBenchReport> {
     let sql_text = crate::nexmark::query(&options.query)?;
     let partitions = options.partitions.max(1);
-    let engine = nexmark_engine(dir, options.target_partitions, partitions).await?;
-    let storage = engine.storage().clone();
+    let engine = nexmark_engine(dir, options.target_partitions, partitions, options.format).await?;
+    let sql = engine.sql().clone();
     let load_started = Instant::now();
     let events = options.events;
     let (counts, sample) =
-        tokio::task::spawn_blocking(move || load_nexmark(&storage, events, partitions))
+        tokio::task::spawn_blocking(move || load_nexmark(&sql, events, partitions))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
     let settling = engine.storage().clone();
@@ -412,6 +419,10 @@ pub async fn run_nexmark_bench(
         .collect::<Result<Vec<f64>>>()?;
     limits.sort_by(f64::total_cmp);
     let decode_limit_events_per_s = limits[2];
+    let batch_events_per_cpu_s = match options.format {
+        Format::Arrow => batch_figure(&options.query, &sample, options.target_partitions).await?,
+        _ => None,
+    };
     drop(sample);
 
     let statements: Vec<String> = sluice_sql::split_statements(sql_text)?
@@ -459,6 +470,7 @@ pub async fn run_nexmark_bench(
         events_per_s: events_read as f64 / wall_s.max(1e-9),
         events_per_cpu_s: events_read as f64 / cpu_s.max(1e-9),
         decode_limit_events_per_s,
+        batch_events_per_cpu_s,
         output_rows,
         peak_rss_bytes,
         end_rss_bytes,
@@ -473,14 +485,106 @@ async fn nexmark_engine(
     dir: &std::path::Path,
     target_partitions: usize,
     partitions: u32,
+    format: Format,
 ) -> Result<Engine> {
     let engine = Engine::builder(dir)
         .durability(Durability::Os)
         .target_partitions(target_partitions)
         .open()
         .await?;
-    engine.execute(&crate::nexmark::ddl(partitions)).await?;
+    engine
+        .execute(&crate::nexmark::ddl_as(partitions, format.as_str()))
+        .await?;
     Ok(engine)
+}
+
+/// The shape of a Nexmark query as a batch query in plain DataFusion SQL
+/// over a table `bid` (windows by integer arithmetic on epoch ms).
+fn batch_sql(query: &str) -> Option<&'static str> {
+    Some(match query {
+        "q0" => "SELECT auction, bidder, price, date_time FROM bid",
+        "q1" => "SELECT auction, bidder, 0.908 * price AS price, date_time FROM bid",
+        "q2" => {
+            "SELECT auction, price FROM bid WHERE auction = 1007 OR auction = 1020 \
+             OR auction = 2001 OR auction = 2019 OR auction = 2087"
+        }
+        "q7-core" => {
+            "SELECT max(price) AS maxprice, t - t % 10000 + 10000 AS date_time \
+             FROM (SELECT price, CAST(date_time AS BIGINT) AS t FROM bid) GROUP BY 2"
+        }
+        "q12" => {
+            "SELECT bidder, count(*) AS bid_count, t - t % 10000 AS window_start \
+             FROM (SELECT bidder, CAST(date_time AS BIGINT) AS t FROM bid) GROUP BY 1, 3"
+        }
+        "q5-core" => {
+            "SELECT auction, count(*) AS num, p - k * 2000 AS starttime \
+             FROM (SELECT auction, CAST(date_time AS BIGINT) - CAST(date_time AS BIGINT) % 2000 \
+                   AS p FROM bid) CROSS JOIN (VALUES (0), (1), (2), (3), (4)) AS hops(k) \
+             GROUP BY 1, 3"
+        }
+        _ => return None,
+    })
+}
+
+/// DataFusion running [`batch_sql`] over `bids` decoded once into Arrow
+/// batches held in memory: bids per CPU-second (the decoding excluded).
+async fn batch_figure(query: &str, bids: &[TimedValue], threads: usize) -> Result<Option<f64>> {
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    let Some(sql) = batch_sql(query) else {
+        return Ok(None);
+    };
+    let schema = Arc::new(bid_schema());
+    let mut batches = Vec::new();
+    for chunk in bids.chunks(8192) {
+        let values: Vec<&[u8]> = chunk.iter().map(|(_, v)| v.as_slice()).collect();
+        batches.push(decode_json(&schema, &values)?);
+    }
+    let threads = threads.max(1);
+    let per_partition = batches.len().div_ceil(threads).max(1);
+    let partitions: Vec<Vec<_>> = batches.chunks(per_partition).map(<[_]>::to_vec).collect();
+    let internal = |e: datafusion::error::DataFusionError| Error::Internal(e.to_string());
+    let table = MemTable::try_new(schema, partitions).map_err(internal)?;
+    let context =
+        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(threads));
+    context
+        .register_table("bid", Arc::new(table))
+        .map_err(internal)?;
+    let cpu_before = process_cpu_s();
+    let frame = context.sql(sql).await.map_err(internal)?;
+    let rows: usize = frame
+        .collect()
+        .await
+        .map_err(internal)?
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    let cpu_s = process_cpu_s() - cpu_before;
+    if rows == 0 {
+        return Err(Error::Internal(format!(
+            "the batch form of {query} gave no rows"
+        )));
+    }
+    Ok(Some(bids.len() as f64 / cpu_s.max(1e-9)))
+}
+
+/// JSON values decoded by arrow-json into one batch of `schema`.
+fn decode_json(
+    schema: &Arc<Schema>,
+    values: &[&[u8]],
+) -> Result<datafusion::arrow::record_batch::RecordBatch> {
+    let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(e.to_string());
+    let mut decoder = ReaderBuilder::new(schema.clone())
+        .with_batch_size(values.len().max(1))
+        .build_decoder()
+        .map_err(internal)?;
+    for value in values {
+        decoder.decode(value).map_err(internal)?;
+    }
+    Ok(decoder
+        .flush()
+        .map_err(internal)?
+        .unwrap_or_else(|| datafusion::arrow::record_batch::RecordBatch::new_empty(schema.clone())))
 }
 
 /// Counts a push query's rows until it has read everything its source
@@ -526,25 +630,53 @@ type RecordCounts = std::collections::HashMap<String, u64>;
 /// A record's timestamp and value.
 type TimedValue = (i64, Vec<u8>);
 
-/// Loads the events straight into the partitions, 1,000 per append, round
-/// robin; returns the records per topic and up to 1M bids (value bytes) to
-/// measure the decode limit on.
+/// Loads the events straight into the partitions, round robin, 1,000
+/// records per append (JSON streams) or 8,192 rows per columnar batch,
+/// decoded once here (`arrow` streams); returns the records per topic and
+/// up to 1M bids (value bytes) to measure the decode limit on.
 fn load_nexmark(
-    storage: &Storage,
+    sql: &sluice_sql::SqlContext,
     events: usize,
     partitions: u32,
 ) -> Result<(RecordCounts, Vec<TimedValue>)> {
     use std::collections::HashMap;
-    const BATCH: usize = 1000;
     const SAMPLE: usize = 1_000_000;
+    let storage = sql.storage();
+    let columnar = |topic: &str| sql.catalog().columnar_stream_for_topic(topic);
+    let batch = if columnar("bid").is_some() {
+        8192
+    } else {
+        1000
+    };
     let mut pending: HashMap<&'static str, Vec<Record>> = HashMap::new();
     let mut next_partition: HashMap<&'static str, u32> = HashMap::new();
     let mut counts: HashMap<String, u64> = HashMap::new();
     let mut sample = Vec::new();
+    let append = |topic: &str, partition: u32, records: &[Record]| -> Result<()> {
+        let Some(def) = columnar(topic) else {
+            storage.append_blocking(topic, partition, records)?;
+            return Ok(());
+        };
+        let values: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
+        let rows = decode_json(&def.value_schema, &values)?;
+        let mut write = sluice_storage::AtomicWrite::new();
+        // Without a key column the batches are the rows in order.
+        let mut first = 0;
+        for (partition, count, ipc) in columnar_batches(&def, &rows, partitions, partition)? {
+            let timestamps = records[first..first + count]
+                .iter()
+                .map(|r| r.timestamp_ms)
+                .collect();
+            first += count;
+            write.append_columnar(topic.to_string(), partition, timestamps, ipc);
+        }
+        storage.commit_blocking(write)?;
+        Ok(())
+    };
     let flush =
         |topic: &'static str, records: Vec<Record>, next: &mut HashMap<&'static str, u32>| {
             let partition = next.entry(topic).or_insert(0);
-            let result = storage.append_blocking(topic, *partition % partitions, &records);
+            let result = append(topic, *partition % partitions, &records);
             *partition += 1;
             result
         };
@@ -556,7 +688,7 @@ fn load_nexmark(
         }
         let buffer = pending.entry(topic).or_default();
         buffer.push(record);
-        if buffer.len() == BATCH {
+        if buffer.len() == batch {
             let records = std::mem::take(buffer);
             flush(topic, records, &mut next_partition)?;
         }
@@ -583,7 +715,7 @@ fn load_nexmark(
                 format!(r#"{{"id": -1, "seller": -1, "date_time": {far}}}"#),
             ),
         ] {
-            storage.append_blocking(topic, partition, &[Record::new(value).with_timestamp(far)])?;
+            append(topic, partition, &[Record::new(value).with_timestamp(far)])?;
             *counts.entry(topic.to_string()).or_insert(0) += 1;
         }
     }

@@ -1,0 +1,454 @@
+//! Columnar streams (`format = 'arrow'`): rows are decoded once, when they
+//! are written, and stored as Arrow IPC record batches, one per stored log
+//! batch (row `i` has offset `base + i`). Queries read them back without
+//! decoding: the IPC body is copied once out of RocksDB into an aligned
+//! buffer and the arrays point into it. Readers that want records (the
+//! HTTP API, `sluice consume`) get each row as a JSON object.
+//!
+//! Writers: [`SqlContext::send_batch`] (the library's `send_batch`),
+//! `INSERT`, and [`SqlContext::produce`] for JSON values produced to the
+//! topic of a columnar stream (over HTTP, or `Producer::send`).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{CastOptions, cast_with_options, take_record_batch};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::ipc::CompressionType;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use datafusion::arrow::json::LineDelimitedWriter;
+use sluice_storage::partitioner::partition_for_key;
+use sluice_storage::{AtomicWrite, ProduceRecord, RecordPosition};
+
+use crate::catalog::{Compression, Format, StreamDef, not_found};
+use crate::context::SqlContext;
+use crate::decode::ValueDecoder;
+use crate::error::{Error, Result};
+use crate::insert::{conform, target_columns};
+
+/// The most rows one stored batch holds: a bigger input is split, so that
+/// one RocksDB value stays a few megabytes.
+pub const MAX_BATCH_ROWS: usize = 64 * 1024;
+
+/// Rows appended to one partition: offsets `offsets` (in order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendedRange {
+    /// The partition written.
+    pub partition: u32,
+    /// The offsets the rows got.
+    pub offsets: Range<u64>,
+}
+
+/// One stored batch to write.
+struct Part {
+    partition: u32,
+    /// Row indexes of the input, in order.
+    rows: Vec<u32>,
+}
+
+impl SqlContext {
+    /// Appends `batch` to the columnar stream bound to the topic `name`
+    /// (or the columnar stream called `name`): its columns are matched to the
+    /// stream's by name and cast to their types (columns it lacks are NULL;
+    /// a NOT NULL one missing or NULL is an error). Rows are partitioned by
+    /// the stream's key column, else all go to one partition picked
+    /// round-robin; every row gets the current time as its timestamp. All
+    /// of it is durable, atomically, when this returns.
+    pub async fn send_batch(&self, name: &str, batch: &RecordBatch) -> Result<Vec<AppendedRange>> {
+        let def = self.columnar_stream(name)?;
+        self.send_batch_to(&def, batch).await
+    }
+
+    /// [`SqlContext::send_batch`] to the columnar stream `def`.
+    pub(crate) async fn send_batch_to(
+        &self,
+        def: &StreamDef,
+        batch: &RecordBatch,
+    ) -> Result<Vec<AppendedRange>> {
+        let names: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let targets = target_columns(def, &names)?;
+        let rows = conform(def, &targets, std::slice::from_ref(batch))?;
+        if rows.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let partitions = self.storage().partition_count(&def.topic)?;
+        let placement = match key_partitions(def, &rows, partitions)? {
+            Some(per_row) => per_row,
+            None => vec![self.storage().next_partition(&def.topic)?; rows.num_rows()],
+        };
+        let timestamps = vec![sluice_storage::now_ms(); rows.num_rows()];
+        let (parts, outcomes) = self
+            .append_parts(def, &rows, &placement, &timestamps)
+            .await?;
+        Ok(parts
+            .iter()
+            .zip(outcomes)
+            .map(|(part, base)| AppendedRange {
+                partition: part.partition,
+                offsets: base..base + part.rows.len() as u64,
+            })
+            .collect())
+    }
+
+    /// Produces records to `topic`. For the topic of a columnar stream the
+    /// values are JSON objects, decoded here, once, into the stream's
+    /// columns: a value that does not decode fails the whole call, naming
+    /// it, and nothing is written. A record's key picks its partition (as
+    /// Kafka's) but is not stored: a columnar stream's `_key` is its key
+    /// column. Records with headers are refused there (columnar batches
+    /// have no place for them). Other topics store the records as they are.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<Vec<RecordPosition>> {
+        let Some(def) = self.catalog().columnar_stream_for_topic(topic) else {
+            return Ok(self.storage().produce(topic, records).await?);
+        };
+        if records.is_empty() {
+            return Err(Error::invalid("cannot produce an empty list of records"));
+        }
+        if let Some(at) = records.iter().position(|r| !r.record.headers.is_empty()) {
+            return Err(Error::invalid(format!(
+                "record {}: topic \"{topic}\" holds the columnar stream {}, which stores no \
+                 headers",
+                at + 1,
+                def.name
+            )));
+        }
+        let values: Vec<&[u8]> = records.iter().map(|r| r.record.value.as_slice()).collect();
+        let decoded = decode_json(&def, &values)?;
+        let rows = conform(&def, &column_names(&def), std::slice::from_ref(&decoded))?;
+        let partitions = self.storage().partition_count(topic)?;
+        let sticky = self.storage().next_partition(topic)?;
+        let mut placement = Vec::with_capacity(records.len());
+        for record in &records {
+            let partition = match (record.partition, &record.record.key) {
+                (Some(partition), _) => partition,
+                (None, Some(key)) => partition_for_key(key, partitions),
+                (None, None) => sticky,
+            };
+            if partition >= partitions {
+                return Err(Error::Storage(sluice_storage::Error::NoSuchPartition {
+                    topic: topic.to_string(),
+                    partition,
+                    partitions,
+                }));
+            }
+            placement.push(partition);
+        }
+        let timestamps: Vec<i64> = records.iter().map(|r| r.record.timestamp_ms).collect();
+        let (parts, bases) = self
+            .append_parts(&def, &rows, &placement, &timestamps)
+            .await?;
+        let mut positions = vec![
+            RecordPosition {
+                partition: 0,
+                offset: 0
+            };
+            records.len()
+        ];
+        for (part, base) in parts.iter().zip(bases) {
+            for (n, row) in part.rows.iter().enumerate() {
+                positions[*row as usize] = RecordPosition {
+                    partition: part.partition,
+                    offset: base + n as u64,
+                };
+            }
+        }
+        Ok(positions)
+    }
+
+    /// The columnar stream bound to the topic `name`, or called `name`.
+    pub(crate) fn columnar_stream(&self, name: &str) -> Result<Arc<StreamDef>> {
+        if let Some(def) = self.catalog().columnar_stream_for_topic(name) {
+            return Ok(def);
+        }
+        if let Some(def) = self.catalog().stream(name) {
+            if def.format != Format::Arrow {
+                return Err(Error::invalid(format!(
+                    "stream {} has format '{}': send_batch writes columnar streams (format = \
+                     'arrow'); send its records as values",
+                    def.name,
+                    def.format.as_str()
+                )));
+            }
+            return Ok(def);
+        }
+        if self.storage().topic_exists(name) {
+            return Err(Error::invalid(format!(
+                "topic \"{name}\" has no columnar stream (format = 'arrow'): send_batch needs \
+                 one to know the columns"
+            )));
+        }
+        let names: Vec<String> = self
+            .catalog()
+            .streams()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        Err(not_found("stream", name, &names))
+    }
+
+    /// Writes `rows` (the stream's value columns) as columnar batches,
+    /// `placement[i]` the partition of row `i`, in one atomic write. The
+    /// parts written and the base offset each got.
+    async fn append_parts(
+        &self,
+        def: &StreamDef,
+        rows: &RecordBatch,
+        placement: &[u32],
+        timestamps: &[i64],
+    ) -> Result<(Vec<Part>, Vec<u64>)> {
+        let parts = split(placement);
+        let mut write = AtomicWrite::new();
+        for part in &parts {
+            let ipc = encode_part(def, rows, part)?;
+            let times = part.rows.iter().map(|&r| timestamps[r as usize]).collect();
+            write.append_columnar(def.topic.clone(), part.partition, times, ipc);
+        }
+        let outcomes = self.storage().commit(write).await?;
+        Ok((parts, outcomes.into_iter().map(|o| o.base_offset).collect()))
+    }
+}
+
+/// Rows of a columnar stream (its value columns, as
+/// [`crate::SinkRows::Columnar`] gives them) cut into stored batches:
+/// `(partition, row count, IPC bytes)`. Rows go by the stream's key column,
+/// else all to `fallback`.
+pub fn columnar_batches(
+    def: &StreamDef,
+    rows: &RecordBatch,
+    partitions: u32,
+    fallback: u32,
+) -> Result<Vec<(u32, usize, Vec<u8>)>> {
+    let placement = match key_partitions(def, rows, partitions)? {
+        Some(per_row) => per_row,
+        None => vec![fallback; rows.num_rows()],
+    };
+    split(&placement)
+        .iter()
+        .map(|part| {
+            Ok((
+                part.partition,
+                part.rows.len(),
+                encode_part(def, rows, part)?,
+            ))
+        })
+        .collect()
+}
+
+fn encode_part(def: &StreamDef, rows: &RecordBatch, part: &Part) -> Result<Vec<u8>> {
+    let picked = if part.rows.len() == rows.num_rows() {
+        rows.clone()
+    } else if part.rows.windows(2).all(|w| w[1] == w[0] + 1) {
+        rows.slice(part.rows[0] as usize, part.rows.len())
+    } else {
+        take_record_batch(rows, &UInt32Array::from(part.rows.clone()))
+            .map_err(|e| Error::Internal(format!("cannot split rows: {e}")))?
+    };
+    encode_ipc(&picked, def.compression)
+}
+
+/// Row indexes grouped by partition (in order of first appearance, rows in
+/// input order), each group cut into batches of at most [`MAX_BATCH_ROWS`].
+fn split(placement: &[u32]) -> Vec<Part> {
+    let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+    for (row, &partition) in placement.iter().enumerate() {
+        match groups.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, rows)) => rows.push(row as u32),
+            None => groups.push((partition, vec![row as u32])),
+        }
+    }
+    groups
+        .into_iter()
+        .flat_map(|(partition, rows)| {
+            rows.chunks(MAX_BATCH_ROWS)
+                .map(|chunk| Part {
+                    partition,
+                    rows: chunk.to_vec(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The partition of each row by the stream's key column (its value as
+/// text, hashed as Kafka hashes keys; a NULL key goes to partition 0), or
+/// `None` when the stream has no key column.
+fn key_partitions(
+    def: &StreamDef,
+    rows: &RecordBatch,
+    partitions: u32,
+) -> Result<Option<Vec<u32>>> {
+    let Some(keys) = key_strings(def, rows)? else {
+        return Ok(None);
+    };
+    let keys = keys.as_string::<i32>();
+    Ok(Some(
+        (0..keys.len())
+            .map(|i| {
+                if keys.is_valid(i) {
+                    partition_for_key(keys.value(i).as_bytes(), partitions)
+                } else {
+                    0
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// The key column of `rows` as text (how `INSERT` makes record keys).
+pub(crate) fn key_strings(def: &StreamDef, rows: &RecordBatch) -> Result<Option<ArrayRef>> {
+    let Some(key) = &def.key_column else {
+        return Ok(None);
+    };
+    let index = rows
+        .schema()
+        .index_of(key)
+        .map_err(|e| Error::Internal(format!("key column: {e}")))?;
+    cast_with_options(rows.column(index), &DataType::Utf8, &CastOptions::default())
+        .map(Some)
+        .map_err(|e| Error::invalid(format!("key column {key}: {e}")))
+}
+
+fn column_names(def: &StreamDef) -> Vec<String> {
+    def.value_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+/// JSON values decoded into all of `def`'s value columns; the first bad
+/// values are named in the error.
+fn decode_json(def: &StreamDef, values: &[&[u8]]) -> Result<RecordBatch> {
+    let all: Vec<usize> = (0..def.value_schema.fields().len()).collect();
+    let mut decoder = ValueDecoder::new(def, all)?;
+    let decoded = decoder.decode(values)?;
+    if decoded.bad.is_empty() {
+        return Ok(decoded.batch);
+    }
+    let shown: Vec<String> = decoded
+        .bad
+        .iter()
+        .take(3)
+        .map(|(index, message)| format!("record {}: {message}", index + 1))
+        .collect();
+    let more = decoded.bad.len().saturating_sub(shown.len());
+    Err(Error::invalid(format!(
+        "{} of {} records do not fit the columnar stream {} and nothing was written: {}{}",
+        decoded.bad.len(),
+        values.len(),
+        def.name,
+        shown.join("; "),
+        if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        }
+    )))
+}
+
+/// One Arrow IPC stream (schema, one record batch, end marker).
+pub(crate) fn encode_ipc(batch: &RecordBatch, compression: Compression) -> Result<Vec<u8>> {
+    let codec = match compression {
+        Compression::None => None,
+        Compression::Lz4 => Some(CompressionType::LZ4_FRAME),
+        Compression::Zstd => Some(CompressionType::ZSTD),
+    };
+    let encode = || {
+        let options = IpcWriteOptions::default().try_with_compression(codec)?;
+        let mut writer = StreamWriter::try_new_with_options(Vec::new(), &batch.schema(), options)?;
+        writer.write(batch)?;
+        writer.finish()?;
+        writer.into_inner()
+    };
+    encode().map_err(|e| Error::Internal(format!("cannot encode an Arrow IPC batch: {e}")))
+}
+
+/// Decodes a stored IPC batch, keeping the columns at `projection`
+/// (indexes into the stream's value columns), and checks them against
+/// `def`. The error says what is wrong; the caller names the record.
+pub fn decode_ipc(
+    def: &StreamDef,
+    ipc: &[u8],
+    projection: &[usize],
+) -> std::result::Result<RecordBatch, String> {
+    let mut reader = StreamReader::try_new(std::io::Cursor::new(ipc), Some(projection.to_vec()))
+        .map_err(|e| format!("unreadable Arrow IPC batch: {e}"))?;
+    let batch = match reader.next() {
+        Some(Ok(batch)) => batch,
+        Some(Err(e)) => return Err(format!("unreadable Arrow IPC batch: {e}")),
+        None => return Err("the Arrow IPC value holds no record batch".to_string()),
+    };
+    for (column, &index) in batch.schema().fields().iter().zip(projection) {
+        let expected = def.value_schema.field(index);
+        if column.name() != expected.name() || column.data_type() != expected.data_type() {
+            return Err(format!(
+                "the stored batch has column {} {} where stream {} has {} {}",
+                column.name(),
+                column.data_type(),
+                def.name,
+                expected.name(),
+                expected.data_type()
+            ));
+        }
+    }
+    Ok(batch)
+}
+
+/// Each row of `batch` as one JSON object (arrow's JSON writer; NULLs
+/// left out).
+pub fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let mut buffer = Vec::new();
+    {
+        let mut writer = LineDelimitedWriter::new(&mut buffer);
+        writer
+            .write(batch)
+            .and_then(|()| writer.finish())
+            .map_err(|e| Error::invalid(format!("cannot encode as JSON: {e}")))?;
+    }
+    // JSON escapes newlines inside strings, so lines are rows.
+    let rows: Vec<Vec<u8>> = buffer
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    if rows.len() != batch.num_rows() {
+        return Err(Error::Internal(format!(
+            "encoded {} JSON rows for {} rows",
+            rows.len(),
+            batch.num_rows()
+        )));
+    }
+    Ok(rows)
+}
+
+/// The rows `rows` of a stored IPC batch as JSON objects, for readers
+/// that want records. Any IPC stream decodes: its own schema says what
+/// the columns are.
+pub fn ipc_json_rows(ipc: &[u8], rows: Range<usize>) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let mut reader = StreamReader::try_new(std::io::Cursor::new(ipc), None)
+        .map_err(|e| format!("unreadable Arrow IPC batch: {e}"))?;
+    let batch = match reader.next() {
+        Some(Ok(batch)) => batch,
+        Some(Err(e)) => return Err(format!("unreadable Arrow IPC batch: {e}")),
+        None => return Err("the Arrow IPC value holds no record batch".to_string()),
+    };
+    if rows.end > batch.num_rows() {
+        return Err(format!(
+            "the Arrow IPC batch has {} rows, the log says {}",
+            batch.num_rows(),
+            rows.end
+        ));
+    }
+    json_rows(&batch.slice(rows.start, rows.len())).map_err(|e| e.to_string())
+}

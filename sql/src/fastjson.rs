@@ -1,0 +1,682 @@
+//! A projecting JSON decoder for the common case: flat JSON objects whose
+//! wanted fields are numbers, plain strings, booleans or epoch-millisecond
+//! timestamps. It reads only what a query uses — the fields it does not
+//! want are checked for being valid JSON and skipped, never built into
+//! anything — so a query that reads 2 of 7 fields costs a fraction of a
+//! full decode.
+//!
+//! arrow-json stays the reference: this decoder accepts only input on which
+//! it is sure to build the same arrays as arrow-json. Anything else (an
+//! escape in a wanted string, a timestamp as text, a number where a string
+//! is wanted, a missing NOT NULL field, a duplicate key, bad JSON...) makes
+//! [`ProjectedJson::push`] return `false`, and the caller decodes the chunk
+//! with arrow-json, which then decides (and names the bad records). The
+//! differential property test in `tests.rs` holds the two to the same
+//! answers.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
+    RecordBatchOptions, StringBuilder, TimestampMillisecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use memchr::memchr2;
+
+/// Nesting deeper than this in a skipped value is left to arrow-json.
+const MAX_DEPTH: usize = 64;
+
+/// A column this decoder can build.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Int64,
+    Int32,
+    Float64,
+    Boolean,
+    Utf8,
+    TimestampMs,
+}
+
+/// One field's value in the row being read.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Missing,
+    Null,
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// A string without escapes: its bytes in the value.
+    Text(usize, usize),
+}
+
+enum Builder {
+    Int64(Int64Builder),
+    Int32(Int32Builder),
+    Float64(Float64Builder),
+    Boolean(BooleanBuilder),
+    Utf8(StringBuilder),
+    TimestampMs(TimestampMillisecondBuilder),
+}
+
+/// Decodes JSON object values into the columns of `schema`, a row per
+/// value, when they stay inside the fast path.
+pub(crate) struct ProjectedJson {
+    schema: SchemaRef,
+    names: Vec<Vec<u8>>,
+    kinds: Vec<Kind>,
+    nullable: Vec<bool>,
+    builders: Vec<Builder>,
+    slots: Vec<Slot>,
+    rows: usize,
+}
+
+impl std::fmt::Debug for ProjectedJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectedJson")
+            .field("schema", &self.schema)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProjectedJson {
+    /// A decoder for `schema`, or `None` when a column has a type the fast
+    /// path does not build.
+    pub(crate) fn try_new(schema: &SchemaRef) -> Option<Self> {
+        let mut kinds = Vec::new();
+        for field in schema.fields() {
+            kinds.push(match field.data_type() {
+                DataType::Int64 => Kind::Int64,
+                DataType::Int32 => Kind::Int32,
+                DataType::Float64 => Kind::Float64,
+                DataType::Boolean => Kind::Boolean,
+                DataType::Utf8 => Kind::Utf8,
+                DataType::Timestamp(TimeUnit::Millisecond, _) => Kind::TimestampMs,
+                _ => return None,
+            });
+        }
+        let mut decoder = ProjectedJson {
+            schema: schema.clone(),
+            names: schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_bytes().to_vec())
+                .collect(),
+            nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
+            slots: vec![Slot::Missing; kinds.len()],
+            builders: Vec::new(),
+            kinds,
+            rows: 0,
+        };
+        decoder.builders = decoder.new_builders(0);
+        Some(decoder)
+    }
+
+    fn new_builders(&self, capacity: usize) -> Vec<Builder> {
+        self.kinds
+            .iter()
+            .map(|kind| match kind {
+                Kind::Int64 => Builder::Int64(Int64Builder::with_capacity(capacity)),
+                Kind::Int32 => Builder::Int32(Int32Builder::with_capacity(capacity)),
+                Kind::Float64 => Builder::Float64(Float64Builder::with_capacity(capacity)),
+                Kind::Boolean => Builder::Boolean(BooleanBuilder::with_capacity(capacity)),
+                Kind::Utf8 => Builder::Utf8(StringBuilder::with_capacity(capacity, capacity * 16)),
+                Kind::TimestampMs => {
+                    Builder::TimestampMs(TimestampMillisecondBuilder::with_capacity(capacity))
+                }
+            })
+            .collect()
+    }
+
+    /// Reads one value as a row. `false`: the value is outside the fast
+    /// path (or not valid JSON); the rows pushed so far are then in an
+    /// unknown state, and the caller must [`ProjectedJson::reset`].
+    pub(crate) fn push(&mut self, value: &[u8]) -> bool {
+        if std::str::from_utf8(value).is_err() {
+            return false;
+        }
+        self.slots.fill(Slot::Missing);
+        let mut reader = Reader {
+            bytes: value,
+            at: 0,
+        };
+        if !self.read_object(&mut reader) {
+            return false;
+        }
+        reader.skip_whitespace();
+        if reader.at != value.len() {
+            return false;
+        }
+        for (field, slot) in self.slots.iter().enumerate() {
+            if matches!(slot, Slot::Missing | Slot::Null) && !self.nullable[field] {
+                return false;
+            }
+        }
+        for (field, slot) in self.slots.iter().enumerate() {
+            append(&mut self.builders[field], *slot, value);
+        }
+        self.rows += 1;
+        true
+    }
+
+    /// The rows pushed so far, as a batch of the schema.
+    pub(crate) fn finish(&mut self) -> Option<RecordBatch> {
+        let rows = std::mem::take(&mut self.rows);
+        let fresh = self.new_builders(rows);
+        let builders = std::mem::replace(&mut self.builders, fresh);
+        let columns: Vec<ArrayRef> = builders
+            .into_iter()
+            .zip(self.schema.fields())
+            .map(|(builder, field)| -> ArrayRef {
+                match builder {
+                    Builder::Int64(mut b) => Arc::new(b.finish()),
+                    Builder::Int32(mut b) => Arc::new(b.finish()),
+                    Builder::Float64(mut b) => Arc::new(b.finish()),
+                    Builder::Boolean(mut b) => Arc::new(b.finish()),
+                    Builder::Utf8(mut b) => Arc::new(b.finish()),
+                    Builder::TimestampMs(mut b) => {
+                        let zone = match field.data_type() {
+                            DataType::Timestamp(_, zone) => zone.clone(),
+                            _ => None,
+                        };
+                        Arc::new(b.finish().with_timezone_opt(zone))
+                    }
+                }
+            })
+            .collect();
+        RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )
+        .ok()
+    }
+
+    /// Drops the rows pushed so far.
+    pub(crate) fn reset(&mut self) {
+        self.rows = 0;
+        self.builders = self.new_builders(0);
+    }
+
+    fn read_object(&mut self, reader: &mut Reader<'_>) -> bool {
+        reader.skip_whitespace();
+        if !reader.eat(b'{') {
+            return false;
+        }
+        reader.skip_whitespace();
+        if reader.eat(b'}') {
+            return true;
+        }
+        loop {
+            reader.skip_whitespace();
+            let Some((start, end)) = reader.plain_string() else {
+                return false;
+            };
+            reader.skip_whitespace();
+            if !reader.eat(b':') {
+                return false;
+            }
+            reader.skip_whitespace();
+            let key = &reader.bytes[start..end];
+            match self.names.iter().position(|name| name.as_slice() == key) {
+                Some(field) => {
+                    if !matches!(self.slots[field], Slot::Missing) {
+                        // A duplicate key: arrow-json's rule decides.
+                        return false;
+                    }
+                    match read_wanted(reader, self.kinds[field]) {
+                        Some(slot) => self.slots[field] = slot,
+                        None => return false,
+                    }
+                }
+                None => {
+                    if !reader.skip_value(0) {
+                        return false;
+                    }
+                }
+            }
+            reader.skip_whitespace();
+            if reader.eat(b',') {
+                continue;
+            }
+            return reader.eat(b'}');
+        }
+    }
+}
+
+fn append(builder: &mut Builder, slot: Slot, value: &[u8]) {
+    match (builder, slot) {
+        (Builder::Int64(b), Slot::Int(v)) => b.append_value(v),
+        (Builder::Int32(b), Slot::Int(v)) => b.append_value(v as i32),
+        (Builder::Float64(b), Slot::Float(v)) => b.append_value(v),
+        (Builder::Boolean(b), Slot::Bool(v)) => b.append_value(v),
+        (Builder::TimestampMs(b), Slot::Int(v)) => b.append_value(v),
+        (Builder::Utf8(b), Slot::Text(start, end)) => {
+            // The whole value is valid UTF-8 and the slice ends at quotes.
+            b.append_value(std::str::from_utf8(&value[start..end]).unwrap_or_default());
+        }
+        (Builder::Int64(b), _) => b.append_null(),
+        (Builder::Int32(b), _) => b.append_null(),
+        (Builder::Float64(b), _) => b.append_null(),
+        (Builder::Boolean(b), _) => b.append_null(),
+        (Builder::Utf8(b), _) => b.append_null(),
+        (Builder::TimestampMs(b), _) => b.append_null(),
+    }
+}
+
+/// A wanted field's value, or `None` to leave the value to arrow-json.
+fn read_wanted(reader: &mut Reader<'_>, kind: Kind) -> Option<Slot> {
+    if reader.literal(b"null") {
+        return Some(Slot::Null);
+    }
+    match kind {
+        Kind::Int64 | Kind::TimestampMs => reader.integer().map(Slot::Int),
+        Kind::Int32 => reader
+            .integer()
+            .filter(|v| i32::try_from(*v).is_ok())
+            .map(Slot::Int),
+        Kind::Float64 => {
+            let (start, end, _) = reader.number()?;
+            std::str::from_utf8(&reader.bytes[start..end])
+                .ok()?
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .map(Slot::Float)
+        }
+        Kind::Boolean => {
+            if reader.literal(b"true") {
+                Some(Slot::Bool(true))
+            } else if reader.literal(b"false") {
+                Some(Slot::Bool(false))
+            } else {
+                None
+            }
+        }
+        Kind::Utf8 => reader.plain_string().map(|(s, e)| Slot::Text(s, e)),
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        if self.peek() == Some(byte) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> bool {
+        if self.bytes[self.at..].starts_with(word) && !self.ident_follows(self.at + word.len()) {
+            self.at += word.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// True when a letter or digit follows at `at` (`nullx` is not `null`).
+    fn ident_follows(&self, at: usize) -> bool {
+        self.bytes
+            .get(at)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.')
+    }
+
+    /// A string with no escapes and no control characters: the bounds of
+    /// its content.
+    fn plain_string(&mut self) -> Option<(usize, usize)> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let start = self.at;
+        let rest = &self.bytes[start..];
+        let end = start + memchr2(b'"', b'\\', rest)?;
+        if self.bytes[end] != b'"' || self.bytes[start..end].iter().any(|b| *b < 0x20) {
+            return None;
+        }
+        self.at = end + 1;
+        Some((start, end))
+    }
+
+    /// A string that is skipped: simple escapes allowed (`\uXXXX` is left
+    /// to arrow-json), no control characters.
+    fn skip_string(&mut self) -> bool {
+        if !self.eat(b'"') {
+            return false;
+        }
+        loop {
+            let rest = &self.bytes[self.at..];
+            let Some(offset) = memchr2(b'"', b'\\', rest) else {
+                return false;
+            };
+            if rest[..offset].iter().any(|b| *b < 0x20) {
+                return false;
+            }
+            self.at += offset;
+            if self.bytes[self.at] == b'"' {
+                self.at += 1;
+                return true;
+            }
+            match self.bytes.get(self.at + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.at += 2,
+                _ => return false,
+            }
+        }
+    }
+
+    /// A JSON number: its bounds and whether it is an integer (no fraction,
+    /// no exponent).
+    fn number(&mut self) -> Option<(usize, usize, bool)> {
+        let start = self.at;
+        self.eat(b'-');
+        match self.peek()? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => {
+                while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                    self.at += 1;
+                }
+            }
+            _ => return None,
+        }
+        let mut integral = true;
+        if self.eat(b'.') {
+            integral = false;
+            if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                self.at += 1;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            integral = false;
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                self.at += 1;
+            }
+        }
+        if self.ident_follows(self.at) {
+            return None;
+        }
+        Some((start, self.at, integral))
+    }
+
+    /// A JSON integer that fits an i64.
+    fn integer(&mut self) -> Option<i64> {
+        let (start, end, integral) = self.number()?;
+        if !integral {
+            return None;
+        }
+        std::str::from_utf8(&self.bytes[start..end])
+            .ok()?
+            .parse()
+            .ok()
+    }
+
+    /// Skips any JSON value, checking that it is well formed.
+    fn skip_value(&mut self, depth: usize) -> bool {
+        if depth > MAX_DEPTH {
+            return false;
+        }
+        match self.peek() {
+            Some(b'"') => self.skip_string(),
+            Some(b'{') => {
+                self.at += 1;
+                self.skip_whitespace();
+                if self.eat(b'}') {
+                    return true;
+                }
+                loop {
+                    self.skip_whitespace();
+                    if !self.skip_string() {
+                        return false;
+                    }
+                    self.skip_whitespace();
+                    if !self.eat(b':') {
+                        return false;
+                    }
+                    self.skip_whitespace();
+                    if !self.skip_value(depth + 1) {
+                        return false;
+                    }
+                    self.skip_whitespace();
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    return self.eat(b'}');
+                }
+            }
+            Some(b'[') => {
+                self.at += 1;
+                self.skip_whitespace();
+                if self.eat(b']') {
+                    return true;
+                }
+                loop {
+                    self.skip_whitespace();
+                    if !self.skip_value(depth + 1) {
+                        return false;
+                    }
+                    self.skip_whitespace();
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    return self.eat(b']');
+                }
+            }
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(_) => self.number().is_some(),
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+    use datafusion::arrow::json::ReaderBuilder;
+    use datafusion::arrow::record_batch::RecordBatch;
+    use proptest::prelude::*;
+
+    use super::ProjectedJson;
+
+    fn schema(nullable_a: bool) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, nullable_a),
+            Field::new("b", DataType::Utf8, true),
+            Field::new("c", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("d", DataType::Float64, true),
+            Field::new("e", DataType::Boolean, true),
+            Field::new("f", DataType::Int32, true),
+        ]))
+    }
+
+    /// arrow-json's answer for the chunk, as the scan's feed uses it: each
+    /// value must be exactly one JSON value.
+    fn reference(schema: &SchemaRef, values: &[Vec<u8>]) -> Option<RecordBatch> {
+        let mut decoder = ReaderBuilder::new(schema.clone())
+            .with_batch_size(values.len() + 1)
+            .build_decoder()
+            .ok()?;
+        for value in values {
+            let before = decoder.len();
+            let read = decoder.decode(value).ok()?;
+            if read != value.len() || decoder.has_partial_record() || decoder.len() != before + 1 {
+                return None;
+            }
+        }
+        decoder.flush().ok()?
+    }
+
+    fn projected(schema: &SchemaRef, values: &[Vec<u8>]) -> Option<RecordBatch> {
+        let mut decoder = ProjectedJson::try_new(schema)?;
+        for value in values {
+            if !decoder.push(value) {
+                return None;
+            }
+        }
+        decoder.finish()
+    }
+
+    /// A JSON value of some shape, as text.
+    fn json_value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<i32>().prop_map(|v| v.to_string()),
+            (-1e6f64..1e6).prop_map(|v| format!("{v}")),
+            Just("1e3".to_string()),
+            Just("-0".to_string()),
+            Just("0.5E-2".to_string()),
+            Just("12345678901234567890".to_string()),
+            "[a-z ]{0,8}".prop_map(|s| format!("\"{s}\"")),
+            Just(r#""tab\tquote\" slash\/ back\\""#.to_string()),
+            Just(r#""\u00e9""#.to_string()),
+            Just("\"2026-01-01T00:00:00Z\"".to_string()),
+            Just("\"42\"".to_string()),
+            Just("\"caf\u{e9} \u{1F600}\"".to_string()),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(("[a-f]{1,2}", inner), 0..4).prop_map(|v| {
+                    let fields: Vec<String> = v
+                        .into_iter()
+                        .map(|(k, v)| format!("\"{k}\": {v}"))
+                        .collect();
+                    format!("{{{}}}", fields.join(", "))
+                }),
+            ]
+        })
+    }
+
+    /// A value for the field `name`: mostly of its column's type, now and
+    /// then anything.
+    fn field_value(name: &'static str) -> BoxedStrategy<String> {
+        let typed: BoxedStrategy<String> = match name {
+            "a" | "c" => prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                (-1000i64..1000).prop_map(|v| v.to_string()),
+            ]
+            .boxed(),
+            "f" => any::<i32>().prop_map(|v| v.to_string()).boxed(),
+            "b" => prop_oneof![
+                "[a-z :/?=]{0,12}".prop_map(|s| format!("\"{s}\"")),
+                Just("\"caf\u{e9} \u{1F600}\"".to_string()),
+            ]
+            .boxed(),
+            "d" => prop_oneof![
+                (-1e9f64..1e9).prop_map(|v| format!("{v}")),
+                any::<i32>().prop_map(|v| v.to_string()),
+                Just("2.5e-3".to_string()),
+            ]
+            .boxed(),
+            "e" => prop_oneof![Just("true".to_string()), Just("false".to_string())].boxed(),
+            _ => json_value().boxed(),
+        };
+        prop_oneof![8 => typed, 1 => Just("null".to_string()), 1 => json_value()].boxed()
+    }
+
+    /// A record: fields of the schema (mostly well typed), junk fields,
+    /// spacing, and now and then a damaged byte.
+    fn record() -> impl Strategy<Value = Vec<u8>> {
+        let field = prop::sample::select(vec!["a", "b", "c", "d", "e", "f", "junk", "url"])
+            .prop_flat_map(|name| (Just(name), field_value(name)));
+        (
+            prop::collection::vec(field, 0..8),
+            prop_oneof![Just(""), Just(" "), Just("\n  ")],
+            prop::option::weighted(0.05, (any::<prop::sample::Index>(), any::<u8>())),
+        )
+            .prop_map(|(fields, space, damage)| {
+                let body: Vec<String> = fields
+                    .into_iter()
+                    .map(|(k, v)| format!("{space}\"{k}\"{space}:{space}{v}"))
+                    .collect();
+                let mut bytes = format!("{space}{{{}{space}}}{space}", body.join(",")).into_bytes();
+                if let Some((at, byte)) = damage {
+                    let at = at.index(bytes.len());
+                    bytes[at] = byte;
+                }
+                bytes
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whenever the projecting decoder takes a chunk, arrow-json takes
+        /// it too and builds the same arrays.
+        #[test]
+        fn agrees_with_arrow_json(
+            values in prop::collection::vec(record(), 1..6),
+            nullable_a in any::<bool>(),
+            projection in prop::sample::subsequence(vec![0usize, 1, 2, 3, 4, 5], 0..=6),
+        ) {
+            let schema = Arc::new(schema(nullable_a).project(&projection).expect("projection"));
+            if let Some(fast) = projected(&schema, &values) {
+                let slow = reference(&schema, &values);
+                let texts: Vec<String> =
+                    values.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+                prop_assert!(slow.is_some(), "arrow-json refuses what the fast path took: {texts:?}");
+                let slow = slow.expect("checked");
+                prop_assert_eq!(fast.num_rows(), values.len());
+                if !projection.is_empty() {
+                    prop_assert_eq!(&fast, &slow, "values {:?}", texts);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn takes_the_nexmark_shape_and_leaves_the_rest() {
+        let schema = Arc::new(schema(true).project(&[0, 2]).expect("projection"));
+        let bids: Vec<Vec<u8>> = vec![
+            br#"{"a": 1007, "bidder": 3, "b": "web", "url": "https://x/y?z=1", "c": 1767225600123, "extra": "\\ escaped \" yes"}"#.to_vec(),
+            br#"{"c": null, "a": -5}"#.to_vec(),
+            br#"{}"#.to_vec(),
+        ];
+        let fast = projected(&schema, &bids).expect("inside the fast path");
+        assert_eq!(Some(fast), reference(&schema, &bids));
+        // A timestamp as text is arrow-json's to parse.
+        assert!(projected(&schema, &[br#"{"c": "2026-01-01T00:00:00Z"}"#.to_vec()]).is_none());
+        // So is anything that is not one JSON object.
+        for bad in [
+            &b"{"[..],
+            b"[1]",
+            b"{\"a\": 1} {}",
+            b"{\"a\": 01}",
+            b"{\"a\": tru}",
+        ] {
+            assert!(projected(&schema, &[bad.to_vec()]).is_none(), "{bad:?}");
+        }
+    }
+}
