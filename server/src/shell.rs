@@ -105,6 +105,8 @@ query: its rows print as they arrive, until Ctrl-C (or its LIMIT).
                       how results print
   \\q, \\quit, exit    leave (or Ctrl-D)
 Ctrl-C cancels the running statement, or clears the one being typed.
+Up/Down recall earlier statements, Ctrl-R searches them (kept in
+~/.sluice_history, or $SLUICE_HISTORY).
 SQL reference: docs/sql.md.";
 
 /// The interactive shell: a prompt, statements over as many lines as they
