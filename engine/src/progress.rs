@@ -39,6 +39,15 @@ pub struct Progress {
     pub sources: Vec<SourceProgress>,
 }
 
+impl Progress {
+    /// True when the trigger stopped at its `max_records_per_trigger`
+    /// budget with records left to read: the next trigger starts at once
+    /// rather than at the next interval.
+    pub fn has_backlog(&self) -> bool {
+        self.sources.iter().any(|s| s.end_offset < s.latest_offset)
+    }
+}
+
 /// The parts of a trigger's duration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Durations {

@@ -645,6 +645,10 @@ async fn run(
         };
         match outcome {
             Ok(progress) => {
+                if progress.has_backlog() {
+                    // The trigger stopped at its budget: go on at once.
+                    next = tokio::time::Instant::now();
+                }
                 handle.set_committed(progress.sources.iter().map(|s| s.end_offset).collect());
                 handle.push_progress(progress);
             }

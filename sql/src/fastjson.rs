@@ -338,16 +338,16 @@ impl Reader<'_> {
             .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.')
     }
 
-    /// A string with no escapes and no control characters: the bounds of
-    /// its content.
+    /// A string with no escapes: the bounds of its content.
     fn plain_string(&mut self) -> Option<(usize, usize)> {
         if !self.eat(b'"') {
             return None;
         }
         let start = self.at;
         let rest = &self.bytes[start..];
+        // Raw control characters pass, as arrow-json lets them.
         let end = start + memchr2(b'"', b'\\', rest)?;
-        if self.bytes[end] != b'"' || self.bytes[start..end].iter().any(|b| *b < 0x20) {
+        if self.bytes[end] != b'"' {
             return None;
         }
         self.at = end + 1;
@@ -355,7 +355,7 @@ impl Reader<'_> {
     }
 
     /// A string that is skipped: simple escapes allowed (`\uXXXX` is left
-    /// to arrow-json), no control characters.
+    /// to arrow-json).
     fn skip_string(&mut self) -> bool {
         if !self.eat(b'"') {
             return false;
@@ -365,9 +365,6 @@ impl Reader<'_> {
             let Some(offset) = memchr2(b'"', b'\\', rest) else {
                 return false;
             };
-            if rest[..offset].iter().any(|b| *b < 0x20) {
-                return false;
-            }
             self.at += offset;
             if self.bytes[self.at] == b'"' {
                 self.at += 1;

@@ -129,6 +129,10 @@ async fn push(
                 return;
             }
         }
+        if output.progress.has_backlog() {
+            // The trigger stopped at its budget: go on at once.
+            next = tokio::time::Instant::now();
+        }
         // After the rows: a subscriber that sees this trigger's progress
         // has its rows in the channel.
         if let Ok(mut last) = progress.lock() {
