@@ -183,6 +183,12 @@ impl SqlContext {
         let partitions = options.take_u64("partitions")?;
         let key_column = options.take_string("key")?.map(|k| k.to_ascii_lowercase());
         let on_error = match options.take_string("on_error")? {
+            Some(_) if format == Format::Arrow => {
+                return Err(Error::invalid(
+                    "on_error does not apply to a columnar stream (format = 'arrow'): it \
+                     refuses bad values when they are written",
+                ));
+            }
             Some(text) => OnError::parse(&text)?,
             None => OnError::Skip,
         };
@@ -561,9 +567,19 @@ impl SqlContext {
         }
         let mut table = text_table(&["column_name", "data_type", "is_nullable", "note"], rows)?;
         let partitions = self.storage().partition_count(&stream.topic).unwrap_or(0);
+        // Columnar streams refuse bad values on write: no skipping, no
+        // dead letters.
+        let errors = match stream.format {
+            Format::Arrow => "bad values refused on write".to_string(),
+            _ => format!(
+                "on_error {}, dead-letter topic {}",
+                stream.on_error.as_str(),
+                stream.dead_letter_topic()
+            ),
+        };
         table.message = Some(format!(
             "stream {}: topic {} ({partitions} partition{}), format {}, event time {}, \
-             watermark delay {} ms, on_error {}, dead-letter topic {}",
+             watermark delay {} ms, {errors}",
             stream.name,
             stream.topic,
             if partitions == 1 { "" } else { "s" },
@@ -575,8 +591,6 @@ impl SqlContext {
             },
             stream.event_time,
             stream.watermark_delay_ms,
-            stream.on_error.as_str(),
-            stream.dead_letter_topic(),
         ));
         Ok(Output::Rows(table))
     }

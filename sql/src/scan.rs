@@ -33,7 +33,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
-use sluice_storage::{PayloadKind, ReadLimits, Storage};
+use sluice_storage::{PayloadKind, ReadLimits, ScanOutcome, Storage};
 
 use crate::catalog::{
     Format, OFFSET_COLUMN, OnError, PARTITION_COLUMN, StreamDef, TIMESTAMP_COLUMN, metadata_fields,
@@ -859,22 +859,14 @@ impl RangeReader {
                 inside_nanos += thread_cpu_nanos().saturating_sub(entered);
                 Ok(())
             });
-        let scanned = match scanned {
-            Ok(scanned) => scanned,
-            Err(sluice_storage::Error::OffsetOutOfRange { .. }) => {
-                return self.skip_deleted(chunk_start).map(|()| None);
-            }
-            Err(e) => return Err(external(e)),
+        let Some(scanned) = self.scanned(scanned, chunk_start)? else {
+            return Ok(None);
         };
         if let Some(offset) = columnar_at {
             return Err(external(Error::Unsupported(format!(
                 "topic {topic} partition {partition} offset {offset}: a columnar batch in the row stream {}",
                 self.def.name
             ))));
-        }
-        if scanned.batch_count == 0 {
-            self.next_offset = self.range.end;
-            return Ok(None);
         }
         let report = self.context.report.clone();
         let decode_started = thread_cpu_nanos();
@@ -966,19 +958,11 @@ impl RangeReader {
                 inside_nanos += thread_cpu_nanos().saturating_sub(entered);
                 Ok(())
             });
-        let scanned = match scanned {
-            Ok(scanned) => scanned,
-            Err(sluice_storage::Error::OffsetOutOfRange { .. }) => {
-                return self.skip_deleted(chunk_start).map(|()| None);
-            }
-            Err(e) => return Err(external(e)),
+        let Some(scanned) = self.scanned(scanned, chunk_start)? else {
+            return Ok(None);
         };
         if let Some(failure) = failure {
             return Err(external(failure));
-        }
-        if scanned.batch_count == 0 {
-            self.next_offset = self.range.end;
-            return Ok(None);
         }
         let report = self.context.report.clone();
         let assemble_started = thread_cpu_nanos();
@@ -1044,6 +1028,26 @@ impl RangeReader {
         match self.event_time_column {
             Some(column) => self.track_event_time(batch, column, |i| (first + i as u64) as i64),
             None => Ok(batch),
+        }
+    }
+
+    /// What a chunk's scan read; `None` when the range is done (nothing
+    /// was left, or retention removed what was).
+    fn scanned(
+        &mut self,
+        scanned: sluice_storage::Result<ScanOutcome>,
+        chunk_start: u64,
+    ) -> datafusion::common::Result<Option<ScanOutcome>> {
+        match scanned {
+            Ok(scanned) if scanned.batch_count == 0 => {
+                self.next_offset = self.range.end;
+                Ok(None)
+            }
+            Ok(scanned) => Ok(Some(scanned)),
+            Err(sluice_storage::Error::OffsetOutOfRange { .. }) => {
+                self.skip_deleted(chunk_start).map(|()| None)
+            }
+            Err(e) => Err(external(e)),
         }
     }
 

@@ -27,51 +27,6 @@ fn rows(batches: &[RecordBatch]) -> Vec<String> {
     lines
 }
 
-/// Equal multisets, or the first differences.
-fn same(what: &str, got: &[String], want: &[String]) {
-    if got == want {
-        return;
-    }
-    let missing: Vec<&String> = want.iter().filter(|r| !got.contains(r)).take(3).collect();
-    let extra: Vec<&String> = got.iter().filter(|r| !want.contains(r)).take(3).collect();
-    panic!(
-        "{what}: {} rows, expected {}; missing {missing:?}; unexpected {extra:?}",
-        got.len(),
-        want.len()
-    );
-}
-
-/// A key that lands in `partition` of a 4-partition topic.
-fn partition_key(partition: u32) -> Vec<u8> {
-    (0u32..)
-        .map(|n| format!("flush-{n}").into_bytes())
-        .find(|key| sluice_engine::storage::partitioner::partition_for_key(key, 4) == partition)
-        .expect("some key lands in each partition")
-}
-
-/// One far-future event per partition of each topic closes every window.
-async fn flush(engine: &Engine) {
-    for partition in 0..4 {
-        let bid = format!(
-            r#"{{"auction": -1, "bidder": -1, "price": 0, "channel": "", "url": "", "date_time": {FLUSH_TIME_MS}, "extra": ""}}"#
-        );
-        let person = format!(r#"{{"id": -1, "name": "", "date_time": {FLUSH_TIME_MS}}}"#);
-        let auction = format!(r#"{{"id": -1, "seller": -1, "date_time": {FLUSH_TIME_MS}}}"#);
-        for (topic, value) in [("bid", bid), ("person", person), ("auction", auction)] {
-            engine
-                .producer(topic)
-                .expect("producer")
-                .send(
-                    Record::new(value)
-                        .with_key(partition_key(partition))
-                        .with_timestamp(FLUSH_TIME_MS as i64),
-                )
-                .await
-                .expect("flush record");
-        }
-    }
-}
-
 /// Loads `events[range]` of each topic, in batches of 200.
 async fn load(engine: &Engine, events: &Events, part: std::ops::Range<usize>) {
     for (topic, records) in [
@@ -203,8 +158,8 @@ async fn arrow_and_json_streams_answer_alike_across_a_restart() {
     arrow = open_engine(arrow_dir.path()).await;
     load(&json, &events, 1..2).await;
     load(&arrow, &events, 1..2).await;
-    flush(&json).await;
-    flush(&arrow).await;
+    sluice_tests::flush_nexmark(&json, FLUSH_TIME_MS).await;
+    sluice_tests::flush_nexmark(&arrow, FLUSH_TIME_MS).await;
     for engine in [&json, &arrow] {
         let resumed: Vec<QueryHandle> = engine
             .queries()
@@ -219,13 +174,13 @@ async fn arrow_and_json_streams_answer_alike_across_a_restart() {
         let want = rows(&json.query(sql).await.expect("json query"));
         let got = rows(&arrow.query(sql).await.expect("arrow query"));
         assert!(!want.is_empty(), "{sql}: has rows");
-        same(sql, &got, &want);
+        sluice_tests::same_rows(sql, &got, &want);
     }
     let want = outputs(&json).await;
     let got = outputs(&arrow).await;
     for ((name, _), (got, want)) in CONTINUOUS.iter().zip(got.iter().zip(&want)) {
         assert!(!want.is_empty(), "{name}: has rows");
-        same(name, got, want);
+        sluice_tests::same_rows(name, got, want);
     }
     json.shutdown().await.expect("shutdown");
     arrow.shutdown().await.expect("shutdown");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use sluice_engine::nexmark::{self, Events};
-use sluice_engine::{Durability, Engine, QueryHandle, Record, Subscription};
+use sluice_engine::{Durability, Engine, QueryHandle, Subscription};
 
 /// Bids far in the future, one per partition: they move every partition's
 /// watermark past the data, so every window of the data closes.
@@ -61,35 +61,6 @@ async fn load_slowly(engine: &Engine, events: &Events) {
     }
 }
 
-/// Appends one far-future event to every partition of the three topics.
-async fn flush(engine: &Engine) {
-    for partition in 0..4 {
-        let bid = format!(
-            r#"{{"auction": -1, "bidder": -1, "price": 0, "channel": "", "url": "", "date_time": {FLUSH_TIME_MS}, "extra": ""}}"#
-        );
-        let person = format!(r#"{{"id": -1, "name": "", "date_time": {FLUSH_TIME_MS}}}"#);
-        let auction = format!(r#"{{"id": -1, "seller": -1, "date_time": {FLUSH_TIME_MS}}}"#);
-        for (topic, value) in [("bid", bid), ("person", person), ("auction", auction)] {
-            // A key per partition puts one flush record in each.
-            let key = partition_key(partition);
-            engine
-                .producer(topic)
-                .expect("producer")
-                .send(Record::new(value).with_key(key))
-                .await
-                .expect("flush record");
-        }
-    }
-}
-
-/// A key that lands in `partition` of a 4-partition topic.
-fn partition_key(partition: u32) -> Vec<u8> {
-    (0u32..)
-        .map(|n| format!("flush-{n}").into_bytes())
-        .find(|key| sluice_engine::storage::partitioner::partition_for_key(key, 4) == partition)
-        .expect("some key lands in each partition")
-}
-
 /// Rows as sorted text lines: a multiset.
 fn rows(batches: &[RecordBatch]) -> Vec<String> {
     let mut lines = rows_in_order(batches);
@@ -115,20 +86,6 @@ fn value_columns(engine: &Engine, stream: &str) -> String {
         .map(|f| format!("\"{}\"", f.name()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Equal multisets, or a short account of the first difference.
-fn same_rows(what: &str, got: &[String], want: &[String]) {
-    if got == want {
-        return;
-    }
-    let missing: Vec<&String> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
-    let extra: Vec<&String> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
-    panic!(
-        "{what}: {} rows, expected {}; missing (first 5) {missing:?}; unexpected (first 5) {extra:?}",
-        got.len(),
-        want.len()
-    );
 }
 
 /// The bounded twin of a continuous query: the same text without `EMIT`.
@@ -228,7 +185,7 @@ async fn nexmark_queries_match_their_bounded_results() {
             expected.insert(sink.clone(), (name.clone(), rows(&batches)));
         }
     }
-    flush(&engine).await;
+    sluice_tests::flush_nexmark(&engine, FLUSH_TIME_MS).await;
     for (name, statement, sink, _) in &queries {
         if !expected.contains_key(sink) {
             let batches = engine.query(&bounded(statement)).await.expect("bounded");
@@ -253,7 +210,7 @@ async fn nexmark_queries_match_their_bounded_results() {
         let (_, want) = &expected[sink];
         let got = rows(&output);
         assert!(!want.is_empty(), "{name}: the bounded query has rows");
-        same_rows(name, &got, want);
+        sluice_tests::same_rows(name, &got, want);
     }
     engine.shutdown().await.expect("shutdown");
 }
@@ -345,7 +302,7 @@ async fn emit_changes_and_complete_end_at_the_bounded_result() {
         );
     }
     load_slowly(&engine, &events).await;
-    flush(&engine).await;
+    sluice_tests::flush_nexmark(&engine, FLUSH_TIME_MS).await;
     for ((select, emit, keys), subscription) in cases.iter().zip(&mut subscriptions) {
         let (batches, last_trigger) = drain(&engine, subscription).await;
         let want = rows(&engine.query(select).await.expect("bounded"));
@@ -361,7 +318,7 @@ async fn emit_changes_and_complete_end_at_the_bounded_result() {
             got
         };
         assert!(!want.is_empty(), "{select}: the bounded query has rows");
-        same_rows(&format!("{select} {emit}"), &got, &want);
+        sluice_tests::same_rows(&format!("{select} {emit}"), &got, &want);
     }
 }
 
