@@ -79,10 +79,8 @@ impl SqlContext {
             return Ok(Vec::new());
         }
         let partitions = self.storage().partition_count(&def.topic)?;
-        let placement = match key_partitions(def, &rows, partitions)? {
-            Some(per_row) => per_row,
-            None => vec![self.storage().next_partition(&def.topic)?; rows.num_rows()],
-        };
+        let fallback = self.storage().next_partition(&def.topic)?;
+        let placement = placement(def, &rows, partitions, fallback)?;
         let timestamps = vec![sluice_storage::now_ms(); rows.num_rows()];
         let (parts, outcomes) = self
             .append_parts(def, &rows, &placement, &timestamps)
@@ -229,11 +227,7 @@ pub fn columnar_batches(
     partitions: u32,
     fallback: u32,
 ) -> Result<Vec<(u32, usize, Vec<u8>)>> {
-    let placement = match key_partitions(def, rows, partitions)? {
-        Some(per_row) => per_row,
-        None => vec![fallback; rows.num_rows()],
-    };
-    split(&placement)
+    split(&placement(def, rows, partitions, fallback)?)
         .iter()
         .map(|part| {
             Ok((
@@ -280,29 +274,28 @@ fn split(placement: &[u32]) -> Vec<Part> {
         .collect()
 }
 
-/// The partition of each row by the stream's key column (its value as
-/// text, hashed as Kafka hashes keys; a NULL key goes to partition 0), or
-/// `None` when the stream has no key column.
-fn key_partitions(
+/// The partition of each row: by the stream's key column (its value as
+/// text, hashed as Kafka hashes keys), else — no key column, or a NULL
+/// key, as a keyless record — `fallback`.
+fn placement(
     def: &StreamDef,
     rows: &RecordBatch,
     partitions: u32,
-) -> Result<Option<Vec<u32>>> {
+    fallback: u32,
+) -> Result<Vec<u32>> {
     let Some(keys) = key_strings(def, rows)? else {
-        return Ok(None);
+        return Ok(vec![fallback; rows.num_rows()]);
     };
     let keys = keys.as_string::<i32>();
-    Ok(Some(
-        (0..keys.len())
-            .map(|i| {
-                if keys.is_valid(i) {
-                    partition_for_key(keys.value(i).as_bytes(), partitions)
-                } else {
-                    0
-                }
-            })
-            .collect(),
-    ))
+    Ok((0..keys.len())
+        .map(|i| {
+            if keys.is_valid(i) {
+                partition_for_key(keys.value(i).as_bytes(), partitions)
+            } else {
+                fallback
+            }
+        })
+        .collect())
 }
 
 /// The key column of `rows` as text (how `INSERT` makes record keys).
@@ -382,13 +375,7 @@ pub fn decode_ipc(
     ipc: &[u8],
     projection: &[usize],
 ) -> std::result::Result<RecordBatch, String> {
-    let mut reader = StreamReader::try_new(std::io::Cursor::new(ipc), Some(projection.to_vec()))
-        .map_err(|e| format!("unreadable Arrow IPC batch: {e}"))?;
-    let batch = match reader.next() {
-        Some(Ok(batch)) => batch,
-        Some(Err(e)) => return Err(format!("unreadable Arrow IPC batch: {e}")),
-        None => return Err("the Arrow IPC value holds no record batch".to_string()),
-    };
+    let batch = read_ipc(ipc, Some(projection.to_vec()))?;
     for (column, &index) in batch.schema().fields().iter().zip(projection) {
         let expected = def.value_schema.field(index);
         if column.name() != expected.name() || column.data_type() != expected.data_type() {
@@ -403,6 +390,21 @@ pub fn decode_ipc(
         }
     }
     Ok(batch)
+}
+
+/// The record batch of a stored IPC stream, with the columns at
+/// `projection` (all without one).
+fn read_ipc(
+    ipc: &[u8],
+    projection: Option<Vec<usize>>,
+) -> std::result::Result<RecordBatch, String> {
+    let mut reader = StreamReader::try_new(std::io::Cursor::new(ipc), projection)
+        .map_err(|e| format!("unreadable Arrow IPC batch: {e}"))?;
+    match reader.next() {
+        Some(Ok(batch)) => Ok(batch),
+        Some(Err(e)) => Err(format!("unreadable Arrow IPC batch: {e}")),
+        None => Err("the Arrow IPC value holds no record batch".to_string()),
+    }
 }
 
 /// Each row of `batch` as one JSON object (arrow's JSON writer; NULLs
@@ -436,13 +438,7 @@ pub fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
 /// that want records. Any IPC stream decodes: its own schema says what
 /// the columns are.
 pub fn ipc_json_rows(ipc: &[u8], rows: Range<usize>) -> std::result::Result<Vec<Vec<u8>>, String> {
-    let mut reader = StreamReader::try_new(std::io::Cursor::new(ipc), None)
-        .map_err(|e| format!("unreadable Arrow IPC batch: {e}"))?;
-    let batch = match reader.next() {
-        Some(Ok(batch)) => batch,
-        Some(Err(e)) => return Err(format!("unreadable Arrow IPC batch: {e}")),
-        None => return Err("the Arrow IPC value holds no record batch".to_string()),
-    };
+    let batch = read_ipc(ipc, None)?;
     if rows.end > batch.num_rows() {
         return Err(format!(
             "the Arrow IPC batch has {} rows, the log says {}",

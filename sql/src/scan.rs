@@ -177,6 +177,11 @@ impl ScanReport {
             .unwrap_or_default()
     }
 
+    fn count_read(&self, records: u64, batches: u64) {
+        self.records_read.fetch_add(records, Ordering::Relaxed);
+        self.batches_read.fetch_add(batches, Ordering::Relaxed);
+    }
+
     fn add_errors(&self, errors: impl Iterator<Item = String>) {
         if let Ok(mut first) = self.first_errors.lock() {
             for error in errors {
@@ -884,12 +889,7 @@ impl RangeReader {
             self.next_offset = chunk_start;
             return self.read_chunk_copying(scanned.next_offset);
         };
-        report
-            .records_read
-            .fetch_add(scanned.record_count as u64, Ordering::Relaxed);
-        report
-            .batches_read
-            .fetch_add(scanned.batch_count as u64, Ordering::Relaxed);
+        report.count_read(scanned.record_count as u64, scanned.batch_count as u64);
         self.next_offset = scanned.next_offset.min(self.range.end);
         let keys: Vec<Option<&[u8]>> = keys.iter().map(|k| k.as_deref()).collect();
         let batch = self.assemble(&decoded, None, &keys, &offsets, &timestamps)?;
@@ -972,12 +972,7 @@ impl RangeReader {
                 .saturating_sub(inside_nanos),
             Ordering::Relaxed,
         );
-        report
-            .records_read
-            .fetch_add(scanned.record_count as u64, Ordering::Relaxed);
-        report
-            .batches_read
-            .fetch_add(scanned.batch_count as u64, Ordering::Relaxed);
+        report.count_read(scanned.record_count as u64, scanned.batch_count as u64);
         self.next_offset = scanned.next_offset.min(self.range.end);
         for (values, first, timestamps) in parts {
             let batch = self.assemble_columnar(&values, first, &timestamps)?;
@@ -1121,12 +1116,7 @@ impl RangeReader {
             }
         }
         let report = &self.context.report;
-        report
-            .records_read
-            .fetch_add(count as u64, Ordering::Relaxed);
-        report
-            .batches_read
-            .fetch_add(fetch.batches.len() as u64, Ordering::Relaxed);
+        report.count_read(count as u64, fetch.batches.len() as u64);
         let decoded = self.decoder.decode(&values).map_err(external)?;
         let good: Option<Vec<usize>> = if decoded.bad.is_empty() {
             None

@@ -82,3 +82,14 @@ pub async fn flush_nexmark(engine: &sluice_engine::Engine, time_ms: u64) {
         }
     }
 }
+
+/// An engine on `dir` (`os` durability) that plans queries over two
+/// partitions.
+pub async fn open_engine(dir: &std::path::Path) -> sluice_engine::Engine {
+    sluice_engine::Engine::builder(dir)
+        .durability(sluice_engine::Durability::Os)
+        .target_partitions(2)
+        .open()
+        .await
+        .expect("engine opens")
+}

@@ -8,18 +8,9 @@ use std::time::Duration;
 use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use sluice_engine::nexmark::{self, Events};
-use sluice_engine::{Durability, Engine, QueryHandle, Record};
+use sluice_engine::{Engine, QueryHandle, Record};
 
 const FLUSH_TIME_MS: u64 = nexmark::BASE_TIME_MS + 3_600_000;
-
-async fn open_engine(dir: &std::path::Path) -> Engine {
-    Engine::builder(dir)
-        .durability(Durability::Os)
-        .target_partitions(2)
-        .open()
-        .await
-        .expect("engine opens")
-}
 
 fn rows(batches: &[RecordBatch]) -> Vec<String> {
     let mut lines = sluice_tests::row_lines(batches);
@@ -131,9 +122,9 @@ async fn arrow_and_json_streams_answer_alike_across_a_restart() {
     let events = Events::generate(6_000, 100, 50);
     let json_dir = tempfile::tempdir().expect("temp dir");
     let arrow_dir = tempfile::tempdir().expect("temp dir");
-    let mut json = open_engine(json_dir.path()).await;
+    let mut json = sluice_tests::open_engine(json_dir.path()).await;
     json.execute(&nexmark::ddl(4)).await.expect("json DDL");
-    let mut arrow = open_engine(arrow_dir.path()).await;
+    let mut arrow = sluice_tests::open_engine(arrow_dir.path()).await;
     arrow
         .execute(&nexmark::ddl_as(4, "arrow"))
         .await
@@ -152,10 +143,10 @@ async fn arrow_and_json_streams_answer_alike_across_a_restart() {
     drop((json_queries, arrow_queries));
     json.shutdown().await.expect("shutdown");
     drop(json);
-    json = open_engine(json_dir.path()).await;
+    json = sluice_tests::open_engine(json_dir.path()).await;
     arrow.shutdown().await.expect("shutdown");
     drop(arrow);
-    arrow = open_engine(arrow_dir.path()).await;
+    arrow = sluice_tests::open_engine(arrow_dir.path()).await;
     load(&json, &events, 1..2).await;
     load(&arrow, &events, 1..2).await;
     sluice_tests::flush_nexmark(&json, FLUSH_TIME_MS).await;
@@ -201,7 +192,7 @@ fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_batch_matches_columns_by_name_and_partitions_by_key() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let engine = open_engine(dir.path()).await;
+    let engine = sluice_tests::open_engine(dir.path()).await;
     engine
         .execute(
             "CREATE STREAM trades (symbol VARCHAR NOT NULL, qty BIGINT, note VARCHAR) \
@@ -323,7 +314,7 @@ async fn send_batch_matches_columns_by_name_and_partitions_by_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_columnar_batch_is_an_error_naming_its_offset() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let engine = open_engine(dir.path()).await;
+    let engine = sluice_tests::open_engine(dir.path()).await;
     engine
         .execute(
             "CREATE STREAM cols (n BIGINT) WITH (format = 'arrow'); \
@@ -363,7 +354,7 @@ async fn a_corrupt_columnar_batch_is_an_error_naming_its_offset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn columnar_streams_bind_only_fitting_topics() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let engine = open_engine(dir.path()).await;
+    let engine = sluice_tests::open_engine(dir.path()).await;
     engine
         .execute(
             "CREATE STREAM j (n BIGINT) WITH (topic = 't_rows'); INSERT INTO j VALUES (1); \

@@ -9,24 +9,14 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use sluice_engine::nexmark::{self, Events};
-use sluice_engine::{Durability, Engine, QueryHandle, Subscription};
+use sluice_engine::{Engine, QueryHandle, Subscription};
 
 /// Bids far in the future, one per partition: they move every partition's
 /// watermark past the data, so every window of the data closes.
 const FLUSH_TIME_MS: u64 = nexmark::BASE_TIME_MS + 3_600_000;
 
-/// An engine on `dir` that plans queries over two partitions.
-async fn open_engine(dir: &std::path::Path) -> Engine {
-    Engine::builder(dir)
-        .durability(Durability::Os)
-        .target_partitions(2)
-        .open()
-        .await
-        .expect("engine opens")
-}
-
 async fn nexmark_engine(dir: &std::path::Path) -> (Engine, Events) {
-    let engine = open_engine(dir).await;
+    let engine = sluice_tests::open_engine(dir).await;
     engine.execute(&nexmark::ddl(4)).await.expect("nexmark DDL");
     // 6,000 events at 100 per second: a minute of event time, shuffled in
     // groups of 50 (half a second, within the 4-second watermark delay).
@@ -323,7 +313,7 @@ async fn emit_changes_and_complete_end_at_the_bounded_result() {
 }
 
 async fn small_engine(dir: &std::path::Path) -> Engine {
-    let engine = open_engine(dir).await;
+    let engine = sluice_tests::open_engine(dir).await;
     engine
         .execute(
             "CREATE STREAM s (id BIGINT, t TIMESTAMP, WATERMARK FOR t AS t - INTERVAL '1' SECOND) \
