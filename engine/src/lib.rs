@@ -44,7 +44,7 @@ pub use queries::{QueryHandle, QueryInfo, QueryStatus};
 pub use sluice_sql as sql;
 pub use sluice_sql::analysis::DEFAULT_MAX_RECORDS_PER_TRIGGER;
 pub use sluice_sql::{
-    AppendedRange, Compression, Format, Output, QueryOutput, StatementText, ipc_json_rows,
+    AppendedRange, Compression, Format, Output, QueryOutput, StatementText, columnar_json_rows,
     split_statements,
 };
 pub use sluice_storage as storage;

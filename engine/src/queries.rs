@@ -686,10 +686,11 @@ async fn commit(
                 let fallback = (sink.next_partition % u64::from(partitions.max(1))) as u32;
                 sink.next_partition += 1;
                 let now = sluice_storage::now_ms();
-                for (partition, count, ipc) in
+                for (partition, count, columns) in
                     columnar_batches(&sink.def, &rows, partitions, fallback)?
                 {
-                    write.append_columnar(sink.def.topic.clone(), partition, vec![now; count], ipc);
+                    let times = vec![now; count];
+                    write.append_columnar(sink.def.topic.clone(), partition, times, columns);
                 }
             }
             Vec::new()

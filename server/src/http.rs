@@ -681,15 +681,8 @@ fn render(fetch: &Fetch, out: &mut Vec<u8>, limit: &mut usize) -> storage::Resul
         if let Some(columnar) = batch.columnar()? {
             // A columnar batch's rows read as JSON objects, one per offset.
             let (start, end) = columnar.rows;
-            let values =
-                sluice_engine::ipc_json_rows(columnar.ipc, start..end).map_err(|reason| {
-                    storage::Error::Corrupt {
-                        topic: batch.topic().to_string(),
-                        partition: batch.partition(),
-                        offset: batch.base_offset(),
-                        reason,
-                    }
-                })?;
+            let values = sluice_engine::columnar_json_rows(&columnar)?;
+            let timestamps = columnar.timestamps()?;
             for (row, value) in (start..end).zip(values) {
                 if *limit == 0 {
                     return Ok(());
@@ -697,7 +690,7 @@ fn render(fetch: &Fetch, out: &mut Vec<u8>, limit: &mut usize) -> storage::Resul
                 let line = wire::RecordOut {
                     partition: batch.partition(),
                     offset: columnar.base_offset + row as u64,
-                    timestamp: columnar.timestamp_ms(row),
+                    timestamp: timestamps[row],
                     key: None,
                     value: String::from_utf8_lossy(&value).into_owned(),
                     headers: Vec::new(),

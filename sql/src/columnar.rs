@@ -1,26 +1,30 @@
 //! Columnar streams (`format = 'arrow'`): rows are decoded once, when they
-//! are written, and stored as Arrow IPC record batches, one per stored log
-//! batch (row `i` has offset `base + i`). Queries read them back without
-//! decoding: the IPC body is copied once out of RocksDB into an aligned
-//! buffer and the arrays point into it. Readers that want records (the
-//! HTTP API, `sluice consume`) get each row as a JSON object.
+//! are written, and stored by column: each column of a stored log batch
+//! (row `i` has offset `base + i`) is one Arrow IPC stream of a one-column
+//! record batch, a RocksDB value of its own. Queries fetch only the columns
+//! they read and decode nothing per row: each column's bytes are copied
+//! once out of RocksDB into a buffer the arrays point into. Readers that
+//! want records (the HTTP API, `sluice consume`) get each row as a JSON
+//! object.
 //!
 //! Writers: [`SqlContext::send_batch`] (the library's `send_batch`),
 //! `INSERT`, and [`SqlContext::produce`] for JSON values produced to the
 //! topic of a columnar stream (over HTTP, or `Producer::send`).
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::compute::{CastOptions, cast_with_options, take_record_batch};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::ipc::CompressionType;
-use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::reader::StreamDecoder;
 use datafusion::arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use datafusion::arrow::json::LineDelimitedWriter;
 use sluice_storage::partitioner::partition_for_key;
-use sluice_storage::{AtomicWrite, ProduceRecord, RecordPosition};
+use sluice_storage::{AtomicWrite, ColumnarSlice, ProduceRecord, RecordPosition};
 
 use crate::catalog::{Compression, Format, StreamDef, not_found};
 use crate::context::SqlContext;
@@ -208,25 +212,28 @@ impl SqlContext {
         let parts = split(placement);
         let mut write = AtomicWrite::new();
         for part in &parts {
-            let ipc = encode_part(def, rows, part)?;
+            let columns = encode_part(def, rows, part)?;
             let times = part.rows.iter().map(|&r| timestamps[r as usize]).collect();
-            write.append_columnar(def.topic.clone(), part.partition, times, ipc);
+            write.append_columnar(def.topic.clone(), part.partition, times, columns);
         }
         let outcomes = self.storage().commit(write).await?;
         Ok((parts, outcomes.into_iter().map(|o| o.base_offset).collect()))
     }
 }
 
+/// A stored batch to append: its partition, row count and column bytes.
+pub type ColumnarBatch = (u32, usize, Vec<Vec<u8>>);
+
 /// Rows of a columnar stream (its value columns, as
-/// [`crate::SinkRows::Columnar`] gives them) cut into stored batches:
-/// `(partition, row count, IPC bytes)`. Rows go by the stream's key column,
-/// else all to `fallback`.
+/// [`crate::SinkRows::Columnar`] gives them) cut into stored batches
+/// to append. Rows go by the stream's key
+/// column, else all to `fallback`.
 pub fn columnar_batches(
     def: &StreamDef,
     rows: &RecordBatch,
     partitions: u32,
     fallback: u32,
-) -> Result<Vec<(u32, usize, Vec<u8>)>> {
+) -> Result<Vec<ColumnarBatch>> {
     split(&placement(def, rows, partitions, fallback)?)
         .iter()
         .map(|part| {
@@ -239,7 +246,7 @@ pub fn columnar_batches(
         .collect()
 }
 
-fn encode_part(def: &StreamDef, rows: &RecordBatch, part: &Part) -> Result<Vec<u8>> {
+fn encode_part(def: &StreamDef, rows: &RecordBatch, part: &Part) -> Result<Vec<Vec<u8>>> {
     let picked = if part.rows.len() == rows.num_rows() {
         rows.clone()
     } else if part.rows.windows(2).all(|w| w[1] == w[0] + 1) {
@@ -248,7 +255,7 @@ fn encode_part(def: &StreamDef, rows: &RecordBatch, part: &Part) -> Result<Vec<u
         take_record_batch(rows, &UInt32Array::from(part.rows.clone()))
             .map_err(|e| Error::Internal(format!("cannot split rows: {e}")))?
     };
-    encode_ipc(&picked, def.compression)
+    encode_columns(&picked, def.compression)
 }
 
 /// Row indexes grouped by partition (in order of first appearance, rows in
@@ -350,61 +357,95 @@ fn decode_json(def: &StreamDef, values: &[&[u8]]) -> Result<RecordBatch> {
     )))
 }
 
-/// One Arrow IPC stream (schema, one record batch, end marker).
-pub(crate) fn encode_ipc(batch: &RecordBatch, compression: Compression) -> Result<Vec<u8>> {
+/// Each column of `batch` as the bytes of one Arrow IPC stream (its field
+/// and a one-column record batch), with the stream's IPC compression.
+pub(crate) fn encode_columns(
+    batch: &RecordBatch,
+    compression: Compression,
+) -> Result<Vec<Vec<u8>>> {
     let codec = match compression {
         Compression::None => None,
         Compression::Lz4 => Some(CompressionType::LZ4_FRAME),
         Compression::Zstd => Some(CompressionType::ZSTD),
     };
-    let encode = || {
+    let schema = batch.schema();
+    let encode = |field: &Arc<Field>, column: &ArrayRef| {
+        let one = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![field.clone()])),
+            vec![column.clone()],
+        )?;
         let options = IpcWriteOptions::default().try_with_compression(codec)?;
-        let mut writer = StreamWriter::try_new_with_options(Vec::new(), &batch.schema(), options)?;
-        writer.write(batch)?;
+        let mut writer = StreamWriter::try_new_with_options(Vec::new(), &one.schema(), options)?;
+        writer.write(&one)?;
         writer.finish()?;
         writer.into_inner()
     };
-    encode().map_err(|e| Error::Internal(format!("cannot encode an Arrow IPC batch: {e}")))
+    schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| {
+            encode(field, column)
+                .map_err(|e| Error::Internal(format!("cannot encode an Arrow IPC batch: {e}")))
+        })
+        .collect()
 }
 
-/// Decodes a stored IPC batch, keeping the columns at `projection`
-/// (indexes into the stream's value columns), and checks them against
-/// `def`. The error says what is wrong; the caller names the record.
-pub fn decode_ipc(
+/// Columns `columns` of the stream's value schema read from a stored
+/// columnar batch, every row of it, each checked against the stream's
+/// definition. Only those columns are read from storage.
+pub fn read_columns(
     def: &StreamDef,
-    ipc: &[u8],
-    projection: &[usize],
-) -> std::result::Result<RecordBatch, String> {
-    let batch = read_ipc(ipc, Some(projection.to_vec()))?;
-    for (column, &index) in batch.schema().fields().iter().zip(projection) {
-        let expected = def.value_schema.field(index);
-        if column.name() != expected.name() || column.data_type() != expected.data_type() {
-            return Err(format!(
-                "the stored batch has column {} {} where stream {} has {} {}",
-                column.name(),
-                column.data_type(),
-                def.name,
-                expected.name(),
-                expected.data_type()
-            ));
-        }
-    }
-    Ok(batch)
+    slice: &ColumnarSlice<'_>,
+    columns: &[usize],
+) -> sluice_storage::Result<Vec<ArrayRef>> {
+    columns
+        .iter()
+        .map(|&index| {
+            let (field, array) = decode_column(slice.column(index)?, slice.stored_rows)
+                .map_err(|reason| slice.corrupt(format!("column {index}: {reason}")))?;
+            let expected = def.value_schema.field(index);
+            if field.name() != expected.name() || field.data_type() != expected.data_type() {
+                return Err(slice.corrupt(format!(
+                    "the stored batch has column {} {} where stream {} has {} {}",
+                    field.name(),
+                    field.data_type(),
+                    def.name,
+                    expected.name(),
+                    expected.data_type()
+                )));
+            }
+            Ok(array)
+        })
+        .collect()
 }
 
-/// The record batch of a stored IPC stream, with the columns at
-/// `projection` (all without one).
-fn read_ipc(
-    ipc: &[u8],
-    projection: Option<Vec<usize>>,
-) -> std::result::Result<RecordBatch, String> {
-    let mut reader = StreamReader::try_new(std::io::Cursor::new(ipc), projection)
-        .map_err(|e| format!("unreadable Arrow IPC batch: {e}"))?;
-    match reader.next() {
-        Some(Ok(batch)) => Ok(batch),
-        Some(Err(e)) => Err(format!("unreadable Arrow IPC batch: {e}")),
-        None => Err("the Arrow IPC value holds no record batch".to_string()),
+/// One column's IPC stream: its field and its array of `rows` rows. The
+/// array points into the bytes (taken over when owned, copied once when
+/// borrowed); arrow realigns a buffer only if it must.
+fn decode_column(
+    bytes: Cow<'_, [u8]>,
+    rows: usize,
+) -> std::result::Result<(Arc<Field>, ArrayRef), String> {
+    let unreadable = |e: datafusion::arrow::error::ArrowError| format!("unreadable Arrow IPC: {e}");
+    let mut buffer = Buffer::from_vec(bytes.into_owned());
+    let mut decoder = StreamDecoder::new();
+    let mut batch = None;
+    while !buffer.is_empty() && batch.is_none() {
+        batch = decoder.decode(&mut buffer).map_err(unreadable)?;
     }
+    let batch = batch.ok_or("the Arrow IPC value holds no record batch")?;
+    if batch.num_columns() != 1 || batch.num_rows() != rows {
+        return Err(format!(
+            "the Arrow IPC batch has {} columns and {} rows, the log says 1 and {rows}",
+            batch.num_columns(),
+            batch.num_rows()
+        ));
+    }
+    Ok((
+        batch.schema().field(0).clone().into(),
+        batch.column(0).clone(),
+    ))
 }
 
 /// Each row of `batch` as one JSON object (arrow's JSON writer; NULLs
@@ -434,17 +475,20 @@ pub fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     Ok(rows)
 }
 
-/// The rows `rows` of a stored IPC batch as JSON objects, for readers
-/// that want records. Any IPC stream decodes: its own schema says what
-/// the columns are.
-pub fn ipc_json_rows(ipc: &[u8], rows: Range<usize>) -> std::result::Result<Vec<Vec<u8>>, String> {
-    let batch = read_ipc(ipc, None)?;
-    if rows.end > batch.num_rows() {
-        return Err(format!(
-            "the Arrow IPC batch has {} rows, the log says {}",
-            batch.num_rows(),
-            rows.end
-        ));
+/// The rows a read asked for of a stored columnar batch, as JSON
+/// objects, for readers that want records. Each column's IPC stream says
+/// what it is, so no stream definition is needed.
+pub fn columnar_json_rows(slice: &ColumnarSlice<'_>) -> sluice_storage::Result<Vec<Vec<u8>>> {
+    let mut fields = Vec::with_capacity(slice.column_count());
+    let mut arrays = Vec::with_capacity(slice.column_count());
+    for index in 0..slice.column_count() {
+        let (field, array) = decode_column(slice.column(index)?, slice.stored_rows)
+            .map_err(|reason| slice.corrupt(format!("column {index}: {reason}")))?;
+        fields.push(field);
+        arrays.push(array);
     }
-    json_rows(&batch.slice(rows.start, rows.len())).map_err(|e| e.to_string())
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .map_err(|e| slice.corrupt(format!("columns do not form a batch: {e}")))?;
+    let (start, end) = slice.rows;
+    json_rows(&batch.slice(start, end - start)).map_err(|e| slice.corrupt(e.to_string()))
 }

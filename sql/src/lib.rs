@@ -34,7 +34,8 @@ pub use catalog::{
     PARTITION_COLUMN, StreamDef, TIMESTAMP_COLUMN, is_metadata_column, metadata_fields,
 };
 pub use columnar::{
-    AppendedRange, MAX_BATCH_ROWS, columnar_batches, decode_ipc, ipc_json_rows, json_rows,
+    AppendedRange, ColumnarBatch, MAX_BATCH_ROWS, columnar_batches, columnar_json_rows, json_rows,
+    read_columns,
 };
 pub use context::{PlannedQuery, SqlContext, SqlOptions, from_datafusion};
 pub use deadletter::DeadLetters;

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -38,7 +39,7 @@ use sluice_storage::{PayloadKind, ReadLimits, ScanOutcome, Storage};
 use crate::catalog::{
     Format, OFFSET_COLUMN, OnError, PARTITION_COLUMN, StreamDef, TIMESTAMP_COLUMN, metadata_fields,
 };
-use crate::columnar::decode_ipc;
+use crate::columnar::read_columns;
 use crate::deadletter::{BadRecord, DeadLetters};
 use crate::decode::ValueDecoder;
 use crate::error::Error;
@@ -910,9 +911,10 @@ impl RangeReader {
         let limits = ReadLimits::records(CHUNK_RECORDS)
             .with_max_bytes(CHUNK_BYTES)
             .until(self.range.end);
-        // (value columns of the wanted rows, offset of the first, timestamps)
-        let mut parts: Vec<(RecordBatch, u64, Vec<i64>)> = Vec::new();
-        let mut failure: Option<sluice_storage::Error> = None;
+        // (value columns of the wanted rows, offset of the first, their
+        // timestamps if `_timestamp` is wanted)
+        let mut parts: Vec<(Vec<ArrayRef>, Range<u64>, Vec<i64>)> = Vec::new();
+        let wants_timestamps = self.sources.iter().any(|s| matches!(s, Source::Timestamp));
         let mut inside_nanos = 0u64;
         let started = thread_cpu_nanos();
         let (def, projection) = (&self.def, &self.ipc_projection);
@@ -920,50 +922,34 @@ impl RangeReader {
             .context
             .storage
             .scan(&topic, partition, chunk_start, limits, |batch| {
-                if failure.is_some() {
-                    return Ok(());
-                }
                 let entered = thread_cpu_nanos();
-                let corrupt = |offset: u64, reason: String| sluice_storage::Error::Corrupt {
-                    topic: topic.clone(),
-                    partition,
-                    offset,
-                    reason,
-                };
                 let Some(slice) = batch.columnar()? else {
-                    failure = Some(corrupt(
-                        batch.offsets().start,
-                        format!("a row batch in the columnar stream {}", def.name),
-                    ));
-                    return Ok(());
+                    return Err(sluice_storage::Error::Corrupt {
+                        topic: topic.clone(),
+                        partition,
+                        offset: batch.offsets().start,
+                        reason: format!("a row batch in the columnar stream {}", def.name),
+                    });
                 };
                 let (start, end) = slice.rows;
                 let first = slice.base_offset + start as u64;
-                match decode_ipc(def, slice.ipc, projection) {
-                    Ok(full) if full.num_rows() >= end => {
-                        let times = (start..end).map(|row| slice.timestamp_ms(row)).collect();
-                        parts.push((full.slice(start, end - start), first, times));
-                    }
-                    Ok(full) => {
-                        failure = Some(corrupt(
-                            first,
-                            format!(
-                                "the Arrow IPC batch has {} rows, the log says {end}",
-                                full.num_rows()
-                            ),
-                        ));
-                    }
-                    Err(reason) => failure = Some(corrupt(slice.base_offset, reason)),
-                }
+                // Only the projected columns are read out of RocksDB.
+                let columns = read_columns(def, &slice, projection)?
+                    .into_iter()
+                    .map(|column| column.slice(start, end - start))
+                    .collect();
+                let times = if wants_timestamps {
+                    slice.timestamps()?[start..end].to_vec()
+                } else {
+                    Vec::new()
+                };
+                parts.push((columns, first..first + (end - start) as u64, times));
                 inside_nanos += thread_cpu_nanos().saturating_sub(entered);
                 Ok(())
             });
         let Some(scanned) = self.scanned(scanned, chunk_start)? else {
             return Ok(None);
         };
-        if let Some(failure) = failure {
-            return Err(external(failure));
-        }
         let report = self.context.report.clone();
         let assemble_started = thread_cpu_nanos();
         report.read_nanos.fetch_add(
@@ -974,8 +960,8 @@ impl RangeReader {
         );
         report.count_read(scanned.record_count as u64, scanned.batch_count as u64);
         self.next_offset = scanned.next_offset.min(self.range.end);
-        for (values, first, timestamps) in parts {
-            let batch = self.assemble_columnar(&values, first, &timestamps)?;
+        for (values, offsets, timestamps) in parts {
+            let batch = self.assemble_columnar(&values, offsets, &timestamps)?;
             self.pending.push_back(batch);
         }
         report.decode_nanos.fetch_add(
@@ -985,24 +971,26 @@ impl RangeReader {
         Ok(self.pending.pop_front())
     }
 
-    /// The output batch of rows read from a columnar batch: `values` holds
-    /// the columns of `ipc_projection`; row `i` has offset `first + i`.
+    /// The output batch of the rows at `offsets` read from a columnar
+    /// batch: `values` holds the columns of `ipc_projection`, `timestamps`
+    /// the rows' timestamps when `_timestamp` is wanted.
     fn assemble_columnar(
         &self,
-        values: &RecordBatch,
-        first: u64,
+        values: &[ArrayRef],
+        offsets: Range<u64>,
         timestamps: &[i64],
     ) -> datafusion::common::Result<RecordBatch> {
-        let rows = values.num_rows();
+        let rows = (offsets.end - offsets.start) as usize;
+        let first = offsets.start;
         let partition = self.range.partition;
         let columns: Vec<ArrayRef> = self
             .sources
             .iter()
             .map(|source| -> datafusion::common::Result<ArrayRef> {
                 Ok(match source {
-                    Source::Value(position) => values.column(*position).clone(),
+                    Source::Value(position) => values[*position].clone(),
                     Source::Key => match self.ipc_key {
-                        Some(key) => cast(values.column(key), &DataType::Utf8)?,
+                        Some(key) => cast(&values[key], &DataType::Utf8)?,
                         None => new_null_array(&DataType::Utf8, rows),
                     },
                     Source::Partition => Arc::new(Int32Array::from(vec![partition as i32; rows])),

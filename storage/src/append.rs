@@ -68,7 +68,7 @@ enum AtomicAppend {
         topic: String,
         partition: u32,
         timestamps: Vec<i64>,
-        ipc: Vec<u8>,
+        columns: Vec<Vec<u8>>,
     },
 }
 
@@ -93,20 +93,20 @@ impl AtomicWrite {
         self
     }
 
-    /// Adds a columnar batch (row timestamps and Arrow IPC bytes) for one
-    /// partition.
+    /// Adds a columnar batch for one partition: the row timestamps and each
+    /// column's bytes (see [`Storage::append_columnar`]).
     pub fn append_columnar(
         &mut self,
         topic: impl Into<String>,
         partition: u32,
         timestamps: Vec<i64>,
-        ipc: Vec<u8>,
+        columns: Vec<Vec<u8>>,
     ) -> &mut Self {
         self.appends.push(AtomicAppend::Columnar {
             topic: topic.into(),
             partition,
             timestamps,
-            ipc,
+            columns,
         });
         self
     }
@@ -163,7 +163,7 @@ impl Shared {
         &self,
         topic: &TopicState,
         timestamps: &[i64],
-        ipc: &[u8],
+        columns: Vec<Vec<u8>>,
     ) -> Result<EncodedBatch> {
         if timestamps.is_empty() {
             return Err(Error::invalid("cannot append an empty batch"));
@@ -174,8 +174,15 @@ impl Shared {
                 topic.name
             )));
         }
-        self.check_batch_size(timestamps.len(), ipc.len() + 8 * timestamps.len())?;
-        Ok(EncodedBatch::columnar(timestamps, ipc))
+        if columns.len() >= usize::from(u16::MAX) {
+            return Err(Error::invalid(format!(
+                "a columnar batch of {} columns is too many",
+                columns.len()
+            )));
+        }
+        let bytes = columns.iter().map(Vec::len).sum::<usize>() + 8 * timestamps.len();
+        self.check_batch_size(timestamps.len(), bytes)?;
+        Ok(EncodedBatch::columnar(timestamps, columns))
     }
 
     fn check_batch_size(&self, records: usize, bytes: usize) -> Result<()> {
@@ -246,17 +253,20 @@ impl Storage {
     }
 
     /// Appends one columnar batch: `timestamps[i]` is the timestamp of row
-    /// `i` of the Arrow IPC message `ipc`.
+    /// `i`, `columns[c]` the bytes of column `c` (opaque here; the SQL layer
+    /// stores each as an Arrow IPC stream). Each column is a value of its
+    /// own, so a reader fetches only the columns it wants
+    /// ([`ColumnarSlice::column`](crate::ColumnarSlice::column)).
     pub async fn append_columnar(
         &self,
         topic: &str,
         partition: u32,
         timestamps: &[i64],
-        ipc: &[u8],
+        columns: Vec<Vec<u8>>,
     ) -> Result<AppendOutcome> {
         let shared = &self.inner.shared;
         let append = shared.pending(topic, partition, |t| {
-            shared.encode_columnar(t, timestamps, ipc)
+            shared.encode_columnar(t, timestamps, columns)
         })?;
         let request = WriteRequest::append(append);
         single(self.inner.writer.write(request).await?)
@@ -375,9 +385,9 @@ impl Storage {
                     topic,
                     partition,
                     timestamps,
-                    ipc,
+                    columns,
                 } => shared.pending(&topic, partition, |t| {
-                    shared.encode_columnar(t, &timestamps, &ipc)
+                    shared.encode_columnar(t, &timestamps, columns)
                 })?,
             });
         }

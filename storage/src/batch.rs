@@ -1,15 +1,19 @@
 //! Records and the byte layout of a stored batch.
 //!
-//! One appended batch is one RocksDB value. Its header says how many records
+//! One appended batch is one RocksDB log value. Its header says how many records
 //! it holds and their time range, so retention and the time index never
 //! decode records. Two payloads share the header:
 //!
 //! - **rows** (Kafka-like): per record an offset delta, a timestamp, an
 //!   optional key, a value and headers. The offset delta survives compaction,
 //!   which removes records but never renumbers them.
-//! - **columnar**: the records' timestamps, then one Arrow IPC message whose
-//!   row *i* is the record at `base_offset + i`. Storage treats the IPC bytes
-//!   as opaque; the layers above decode them.
+//! - **columnar**: a batch of rows whose row *i* is the record at
+//!   `base_offset + i`, stored by column. The log value is only the header
+//!   and the byte length of each part; the parts themselves (the rows'
+//!   timestamps, then one part per column) are separate values of the
+//!   `columns` column family, keyed by the batch key and the part's number,
+//!   so a reader fetches only the columns it reads. Storage treats the
+//!   column bytes as opaque; the layers above encode them (Arrow IPC).
 //!
 //! All integers are little-endian and fixed-width: decoding a record is a
 //! few bounds checks and slices, with no allocation.
@@ -90,7 +94,10 @@ pub fn now_ms() -> i64 {
 }
 
 const KIND_ROWS: u8 = 1;
-const KIND_COLUMNAR: u8 = 2;
+/// Columnar batches of development builds before the by-column layout: the
+/// whole IPC stream inline. Refused as unreadable, by name.
+const KIND_COLUMNAR_INLINE: u8 = 2;
+const KIND_COLUMNAR: u8 = 3;
 /// kind u8, record_count u32, last_offset_delta u32, max_ts i64, min_ts i64.
 pub(crate) const HEADER_LEN: usize = 1 + 4 + 4 + 8 + 8;
 const ROW_FIXED_LEN: usize = 4 + 8 + 4 + 4 + 2;
@@ -99,7 +106,11 @@ const ROW_FIXED_LEN: usize = 4 + 8 + 4 + 4 + 2;
 /// header.
 #[derive(Debug, Clone)]
 pub(crate) struct EncodedBatch {
+    /// The log value.
     pub(crate) bytes: Vec<u8>,
+    /// Columnar batches: the values stored beside it, part `i` under
+    /// [`crate::keys::column_key`]`(.., i)`; empty for rows.
+    pub(crate) parts: Vec<Vec<u8>>,
     pub(crate) record_count: u32,
     pub(crate) max_timestamp_ms: i64,
 }
@@ -147,6 +158,7 @@ impl EncodedBatch {
         debug_assert_eq!(bytes.len(), capacity);
         EncodedBatch {
             bytes,
+            parts: Vec::new(),
             record_count: count,
             max_timestamp_ms: max_ts,
         }
@@ -187,17 +199,21 @@ impl EncodedBatch {
         bytes[17..25].copy_from_slice(&min_ts.to_le_bytes());
         Ok(EncodedBatch {
             bytes,
+            parts: Vec::new(),
             record_count: count,
             max_timestamp_ms: max_ts,
         })
     }
 
-    /// Encodes a columnar batch: one timestamp per row and the Arrow IPC
-    /// bytes of the rows.
-    pub(crate) fn columnar(timestamps: &[i64], ipc: &[u8]) -> Self {
+    /// Encodes a columnar batch: part 0 holds one timestamp per row
+    /// (8 bytes each), part `1 + i` column `i`'s bytes.
+    pub(crate) fn columnar(timestamps: &[i64], columns: Vec<Vec<u8>>) -> Self {
         let count = timestamps.len() as u32;
         let (min_ts, max_ts) = time_range(timestamps.iter().copied());
-        let mut bytes = Vec::with_capacity(HEADER_LEN + 8 * timestamps.len() + ipc.len());
+        let mut parts = Vec::with_capacity(1 + columns.len());
+        parts.push(timestamps.iter().flat_map(|t| t.to_le_bytes()).collect());
+        parts.extend(columns);
+        let mut bytes = Vec::with_capacity(HEADER_LEN + 2 + 4 * parts.len());
         write_header(
             &mut bytes,
             KIND_COLUMNAR,
@@ -206,15 +222,21 @@ impl EncodedBatch {
             max_ts,
             min_ts,
         );
-        for ts in timestamps {
-            bytes.extend_from_slice(&ts.to_le_bytes());
+        bytes.extend_from_slice(&(parts.len() as u16).to_le_bytes());
+        for part in &parts {
+            bytes.extend_from_slice(&(part.len() as u32).to_le_bytes());
         }
-        bytes.extend_from_slice(ipc);
         EncodedBatch {
             bytes,
+            parts,
             record_count: count,
             max_timestamp_ms: max_ts,
         }
+    }
+
+    /// The bytes it stores, log value and parts.
+    pub(crate) fn stored_len(&self) -> usize {
+        self.bytes.len() + self.parts.iter().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -295,15 +317,25 @@ impl<'a> BatchView<'a> {
         let kind = match bytes[0] {
             KIND_ROWS => PayloadKind::Rows,
             KIND_COLUMNAR => PayloadKind::Columnar,
+            KIND_COLUMNAR_INLINE => {
+                return Err(
+                    "a columnar batch in the inline layout of a development build \
+                     before the by-column layout; this build cannot read it"
+                        .to_string(),
+                );
+            }
             other => return Err(format!("unknown batch kind {other}")),
         };
         let record_count = read_u32(bytes, 1);
         let last_offset_delta = read_u32(bytes, 5);
         let max_timestamp_ms = read_i64(bytes, 9);
         if kind == PayloadKind::Columnar {
-            let needed = HEADER_LEN + 8 * record_count as usize;
-            if bytes.len() < needed || last_offset_delta.checked_add(1) != Some(record_count) {
-                return Err("columnar batch is truncated".to_string());
+            let parts = bytes
+                .get(HEADER_LEN..HEADER_LEN + 2)
+                .map(|raw| usize::from(u16::from_le_bytes([raw[0], raw[1]])));
+            let complete = parts.is_some_and(|n| n >= 1 && bytes.len() == HEADER_LEN + 2 + 4 * n);
+            if !complete || last_offset_delta.checked_add(1) != Some(record_count) {
+                return Err("columnar batch header is truncated".to_string());
             }
         }
         Ok(BatchView {
@@ -332,10 +364,24 @@ impl<'a> BatchView<'a> {
         })
     }
 
-    /// For a columnar batch: the row timestamps (8 bytes each) and the IPC bytes.
-    pub(crate) fn columnar_parts(&self) -> (&'a [u8], &'a [u8]) {
-        let split = HEADER_LEN + 8 * self.record_count as usize;
-        (&self.bytes[HEADER_LEN..split], &self.bytes[split..])
+    /// For a columnar batch: the byte length of each stored part (part 0
+    /// the timestamps, `1 + i` column `i`).
+    pub(crate) fn part_lengths(&self) -> impl Iterator<Item = usize> + 'a {
+        let bytes = self.bytes;
+        let count = match self.kind {
+            PayloadKind::Columnar => usize::from(u16::from_le_bytes([
+                bytes[HEADER_LEN],
+                bytes[HEADER_LEN + 1],
+            ])),
+            PayloadKind::Rows => 0,
+        };
+        (0..count).map(move |i| read_u32(bytes, HEADER_LEN + 2 + 4 * i) as usize)
+    }
+
+    /// The bytes the batch stores: its log value and, for a columnar
+    /// batch, its parts.
+    pub(crate) fn stored_len(&self) -> usize {
+        self.bytes.len() + self.part_lengths().sum::<usize>()
     }
 }
 
@@ -546,13 +592,23 @@ mod tests {
     }
 
     #[test]
-    fn columnar_parts_split_timestamps_from_ipc() {
-        let encoded = EncodedBatch::columnar(&[5, 9], b"IPC");
+    fn columnar_headers_list_their_parts() {
+        let encoded = EncodedBatch::columnar(&[5, 9], vec![b"a".to_vec(), b"bcd".to_vec()]);
+        assert_eq!(encoded.parts.len(), 3);
+        assert_eq!(
+            encoded.parts[0],
+            [5i64.to_le_bytes(), 9i64.to_le_bytes()].concat()
+        );
         let view = BatchView::parse(&encoded.bytes).unwrap();
         assert_eq!(view.kind, PayloadKind::Columnar);
-        let (stamps, ipc) = view.columnar_parts();
-        assert_eq!(stamps.len(), 16);
-        assert_eq!(ipc, b"IPC");
-        assert!(BatchView::parse(&encoded.bytes[..HEADER_LEN + 8]).is_err());
+        assert_eq!(view.part_lengths().collect::<Vec<_>>(), [16, 1, 3]);
+        assert_eq!(view.stored_len(), encoded.stored_len());
+        for len in 0..encoded.bytes.len() {
+            assert!(BatchView::parse(&encoded.bytes[..len]).is_err());
+        }
+        let mut inline = encoded.bytes.clone();
+        inline[0] = KIND_COLUMNAR_INLINE;
+        let refused = BatchView::parse(&inline).unwrap_err();
+        assert!(refused.contains("inline layout"), "{refused}");
     }
 }

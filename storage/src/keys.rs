@@ -14,6 +14,16 @@ pub(crate) fn batch_key(topic_id: u32, partition: u32, base_offset: u64) -> [u8;
     key
 }
 
+/// `batch key | part`: a stored part of a columnar batch (see
+/// [`crate::batch`]). Under the batch key's bytes, so a range of batch keys
+/// also spans their parts.
+pub(crate) fn column_key(topic_id: u32, partition: u32, base_offset: u64, part: u16) -> [u8; 18] {
+    let mut key = [0u8; 18];
+    key[0..16].copy_from_slice(&batch_key(topic_id, partition, base_offset));
+    key[16..18].copy_from_slice(&part.to_be_bytes());
+    key
+}
+
 /// Splits a batch key into `(topic_id, partition, base_offset)`.
 pub(crate) fn parse_batch_key(key: &[u8]) -> Option<(u32, u32, u64)> {
     if key.len() != 16 {

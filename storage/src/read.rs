@@ -3,19 +3,24 @@
 //!
 //! A read copies each stored batch once out of RocksDB and hands it back
 //! whole; records are decoded lazily from those bytes, without allocating.
-//! A read that starts inside a batch gets the rest of it.
+//! A read that starts inside a batch gets the rest of it. A scan
+//! ([`Storage::scan`]) borrows the batches instead, and fetches a columnar
+//! batch's columns only when the visitor asks for them.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rocksdb::{DBRawIterator, ReadOptions};
+use rocksdb::{ColumnFamily, DBRawIterator, ReadOptions, Snapshot};
 
 use crate::batch::{BatchView, Header, HeaderIter, PayloadKind, RawRow, Record};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::storage::{CF_LOG, CF_TIME_INDEX, PartitionState, Shared, Storage, TopicState};
+use crate::storage::{
+    CF_COLUMNS, CF_LOG, CF_TIME_INDEX, PartitionState, Shared, Storage, TopicState,
+};
 
 /// Bounds of one read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +107,8 @@ pub struct FetchedBatch {
     record_count: usize,
     kind: PayloadKind,
     bytes: Vec<u8>,
+    /// A columnar batch's parts (timestamps, then columns); empty for rows.
+    parts: Vec<Vec<u8>>,
 }
 
 /// A stored batch borrowed from RocksDB during [`Storage::scan`]: the same
@@ -116,6 +123,34 @@ pub struct BatchRef<'a> {
     record_count: usize,
     kind: PayloadKind,
     bytes: &'a [u8],
+    parts: Parts<'a>,
+}
+
+/// Where a columnar batch's parts are.
+#[derive(Clone, Copy)]
+enum Parts<'a> {
+    /// Copied out with the batch ([`FetchedBatch`]).
+    Fetched(&'a [Vec<u8>]),
+    /// Still in RocksDB: fetched when asked for (a scan), from the snapshot
+    /// the scan iterates, so retention deleting the batch meanwhile cannot
+    /// take its parts away.
+    Stored {
+        snapshot: &'a Snapshot<'a>,
+        columns: &'a ColumnFamily,
+        topic_id: u32,
+    },
+}
+
+impl std::fmt::Debug for Parts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Parts::Fetched(parts) => f.debug_tuple("Fetched").field(&parts.len()).finish(),
+            Parts::Stored { topic_id, .. } => f
+                .debug_struct("Stored")
+                .field("topic_id", topic_id)
+                .finish(),
+        }
+    }
 }
 
 /// Where a [`Storage::scan`] stopped.
@@ -178,25 +213,93 @@ impl<'a> RecordView<'a> {
     }
 }
 
-/// The rows of a columnar batch that a read asked for.
+/// The rows of a columnar batch that a read asked for, and access to its
+/// columns.
 #[derive(Debug, Clone, Copy)]
 pub struct ColumnarSlice<'a> {
-    /// The Arrow IPC bytes of the whole stored batch.
-    pub ipc: &'a [u8],
     /// The rows wanted: row `i` has offset `base_offset + i`.
     pub rows: (usize, usize),
     /// The offset of the stored batch's row 0.
     pub base_offset: u64,
-    timestamps: &'a [u8],
+    /// The rows the stored batch holds.
+    pub stored_rows: usize,
+    batch: BatchRef<'a>,
+    view: BatchView<'a>,
 }
 
-impl ColumnarSlice<'_> {
-    /// The timestamp of row `row` of the stored batch.
-    pub fn timestamp_ms(&self, row: usize) -> i64 {
-        let at = row * 8;
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(&self.timestamps[at..at + 8]);
-        i64::from_le_bytes(raw)
+impl<'a> ColumnarSlice<'a> {
+    /// How many columns the batch stores.
+    pub fn column_count(&self) -> usize {
+        self.view.part_lengths().count() - 1
+    }
+
+    /// The bytes of column `column` as appended. A scan reads them from
+    /// RocksDB now, so a reader pays only for the columns it asks for.
+    pub fn column(&self, column: usize) -> Result<Cow<'a, [u8]>> {
+        if column >= self.column_count() {
+            return Err(self.batch.corrupt(format!(
+                "column {column} asked of a batch of {} columns",
+                self.column_count()
+            )));
+        }
+        self.part(1 + column)
+    }
+
+    /// The timestamp of every row of the stored batch, in row order.
+    pub fn timestamps(&self) -> Result<Vec<i64>> {
+        let bytes = self.part(0)?;
+        if bytes.len() != 8 * self.stored_rows {
+            return Err(self.batch.corrupt(format!(
+                "{} bytes of timestamps for {} rows",
+                bytes.len(),
+                self.stored_rows
+            )));
+        }
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|raw| i64::from_le_bytes(raw.try_into().unwrap_or_default()))
+            .collect())
+    }
+
+    /// An [`Error::Corrupt`] about this batch: for a column whose bytes do
+    /// not decode.
+    pub fn corrupt(&self, reason: String) -> Error {
+        self.batch.corrupt(reason)
+    }
+
+    fn part(&self, part: usize) -> Result<Cow<'a, [u8]>> {
+        let expected = self.view.part_lengths().nth(part);
+        let bytes = match self.batch.parts {
+            Parts::Fetched(parts) => parts.get(part).map(|p| Cow::Borrowed(p.as_slice())),
+            Parts::Stored {
+                snapshot,
+                columns,
+                topic_id,
+            } => {
+                let key = keys::column_key(
+                    topic_id,
+                    self.batch.partition,
+                    self.base_offset,
+                    part as u16,
+                );
+                let mut options = ReadOptions::default();
+                // Large and read once per query: keep them out of the
+                // block cache (the OS page cache still holds them).
+                options.fill_cache(false);
+                snapshot
+                    .get_pinned_cf_opt(columns, key, options)?
+                    .map(|value| Cow::Owned(value.to_vec()))
+            }
+        };
+        match bytes {
+            Some(bytes) if Some(bytes.len()) == expected => Ok(bytes),
+            Some(bytes) => Err(self.batch.corrupt(format!(
+                "part {part} holds {} bytes, the header says {}",
+                bytes.len(),
+                expected.unwrap_or(0)
+            ))),
+            None => Err(self.batch.corrupt(format!("part {part} is missing"))),
+        }
     }
 }
 
@@ -234,7 +337,7 @@ impl FetchedBatch {
 
     /// The stored batch's size in bytes.
     pub fn byte_len(&self) -> usize {
-        self.bytes.len()
+        BatchView::parse(&self.bytes).map_or(self.bytes.len(), |view| view.stored_len())
     }
 
     /// The batch as a borrowed [`BatchRef`].
@@ -248,17 +351,17 @@ impl FetchedBatch {
             record_count: self.record_count,
             kind: self.kind,
             bytes: &self.bytes,
+            parts: Parts::Fetched(&self.parts),
         }
     }
 
-    /// The records of a row batch within [`FetchedBatch::offsets`]. For a
-    /// columnar batch, records carry the IPC rows as values are not
-    /// separable: use [`FetchedBatch::columnar`].
+    /// The records of a row batch within [`FetchedBatch::offsets`]; an
+    /// error for a columnar batch: use [`FetchedBatch::columnar`].
     pub fn records(&self) -> Result<impl Iterator<Item = Result<RecordView<'_>>> + '_> {
         self.as_batch_ref().records()
     }
 
-    /// For a columnar batch: its IPC bytes and the rows wanted.
+    /// For a columnar batch: the rows wanted and its columns.
     pub fn columnar(&self) -> Result<Option<ColumnarSlice<'_>>> {
         self.as_batch_ref().columnar()
     }
@@ -282,12 +385,19 @@ impl<'a> BatchRef<'a> {
 
     /// The stored batch's size in bytes.
     pub fn byte_len(&self) -> usize {
-        self.bytes.len()
+        BatchView::parse(self.bytes).map_or(self.bytes.len(), |view| view.stored_len())
     }
 
-    /// Copies it into a [`FetchedBatch`].
-    pub fn to_fetched(&self) -> FetchedBatch {
-        FetchedBatch {
+    /// Copies it into a [`FetchedBatch`], a columnar batch with all its
+    /// parts.
+    pub fn to_fetched(&self) -> Result<FetchedBatch> {
+        let parts = match self.columnar()? {
+            Some(slice) => (0..=slice.column_count())
+                .map(|part| slice.part(part).map(Cow::into_owned))
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
+        Ok(FetchedBatch {
             topic: self.topic.clone(),
             partition: self.partition,
             base_offset: self.base_offset,
@@ -295,7 +405,8 @@ impl<'a> BatchRef<'a> {
             record_count: self.record_count,
             kind: self.kind,
             bytes: self.bytes.to_vec(),
-        }
+            parts,
+        })
     }
 
     fn corrupt(&self, reason: String) -> Error {
@@ -334,21 +445,21 @@ impl<'a> BatchRef<'a> {
             }))
     }
 
-    /// For a columnar batch: its IPC bytes and the rows wanted.
+    /// For a columnar batch: the rows wanted and its columns.
     pub fn columnar(self) -> Result<Option<ColumnarSlice<'a>>> {
         let view = self.view()?;
         if view.kind != PayloadKind::Columnar {
             return Ok(None);
         }
-        let (timestamps, ipc) = view.columnar_parts();
         Ok(Some(ColumnarSlice {
-            ipc,
             rows: (
                 (self.start - self.base_offset) as usize,
                 (self.end - self.base_offset) as usize,
             ),
             base_offset: self.base_offset,
-            timestamps,
+            stored_rows: view.record_count as usize,
+            batch: self,
+            view,
         }))
     }
 }
@@ -493,10 +604,10 @@ impl Storage {
             )?;
             for batch in &fetch.batches {
                 if let Some(slice) = batch.columnar()? {
-                    for row in slice.rows.0..slice.rows.1 {
-                        if slice.timestamp_ms(row) >= timestamp_ms {
-                            return Ok(Some(slice.base_offset + row as u64));
-                        }
+                    let stamps = slice.timestamps()?;
+                    let (start, end) = slice.rows;
+                    if let Some(row) = (start..end).find(|&row| stamps[row] >= timestamp_ms) {
+                        return Ok(Some(slice.base_offset + row as u64));
                     }
                 } else {
                     for record in batch.records()? {
@@ -535,7 +646,7 @@ pub(crate) fn read_partition(
     let mut batches = Vec::new();
     let (next_offset, log_start_offset, end_offset) =
         visit_partition(shared, topic, partition, state, offset, limits, |batch| {
-            batches.push(batch.to_fetched());
+            batches.push(batch.to_fetched()?);
             Ok(())
         })?;
     Ok(Fetch {
@@ -577,7 +688,9 @@ fn visit_partition(
     let mut options = ReadOptions::default();
     options.set_iterate_lower_bound(keys::batch_key(topic.id, partition, 0).to_vec());
     options.set_iterate_upper_bound(keys::batch_key(topic.id, partition, upper).to_vec());
-    let mut iter = shared.db.raw_iterator_cf_opt(shared.cf(CF_LOG)?, options);
+    let snapshot = shared.db.snapshot();
+    let columns = shared.cf(CF_COLUMNS)?;
+    let mut iter = snapshot.raw_iterator_cf_opt(shared.cf(CF_LOG)?, options);
     seek_batch(&mut iter, topic.id, partition, offset);
     let topic_name: Arc<str> = Arc::from(topic.name.as_str());
     let mut records = 0usize;
@@ -638,11 +751,16 @@ fn visit_partition(
             record_count: count,
             kind: view.kind,
             bytes: value,
+            parts: Parts::Stored {
+                snapshot: &snapshot,
+                columns,
+                topic_id: topic.id,
+            },
         })?;
         visited += 1;
         next_offset = end;
         records += count;
-        bytes += value.len();
+        bytes += view.stored_len();
         if records >= limits.max_records || bytes >= limits.max_bytes || end >= upper {
             break;
         }

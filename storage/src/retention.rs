@@ -27,7 +27,7 @@ use crate::batch::{BatchView, EncodedBatch, now_ms};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::storage::{
-    CF_LOG, CF_TIME_INDEX, PartitionState, Shared, Storage, TopicState, poisoned,
+    CF_COLUMNS, CF_LOG, CF_TIME_INDEX, PartitionState, Shared, Storage, TopicState, poisoned,
     put_partition_meta,
 };
 use crate::topic::CleanupPolicy;
@@ -125,7 +125,7 @@ fn delete_head(
             offset: base_offset,
             reason,
         })?;
-        let size = value.len() as u64;
+        let size = view.stored_len() as u64;
         let expired = cutoff.is_some_and(|cutoff| view.max_timestamp_ms < cutoff);
         let oversized = settings
             .retention_bytes
@@ -151,11 +151,14 @@ fn delete_head(
         if topic.dropped.load(Ordering::Acquire) || meta.log_start_offset > new_start {
             return Ok(Box::new(|_: &Shared| {}) as Publish);
         }
-        batch.delete_range_cf(
-            shared.cf(CF_LOG)?,
-            keys::batch_key(topic.id, partition, 0),
-            keys::batch_key(topic.id, partition, new_start),
-        );
+        // Column keys start with their batch's key: one range covers both.
+        for cf in [CF_LOG, CF_COLUMNS] {
+            batch.delete_range_cf(
+                shared.cf(cf)?,
+                keys::batch_key(topic.id, partition, 0),
+                keys::batch_key(topic.id, partition, new_start),
+            );
+        }
         for key in stale_time_index_keys(shared, topic.id, partition, new_start)? {
             batch.delete_cf(shared.cf(CF_TIME_INDEX)?, key);
         }

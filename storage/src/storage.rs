@@ -28,6 +28,8 @@ use crate::topic::{
 use crate::writer::{self, WriterHandle};
 
 pub(crate) const CF_LOG: &str = "log";
+/// The parts of columnar batches (see [`crate::batch`]).
+pub(crate) const CF_COLUMNS: &str = "columns";
 pub(crate) const CF_TIME_INDEX: &str = "time_index";
 pub(crate) const CF_PARTITIONS: &str = "partitions";
 pub(crate) const CF_TOPICS: &str = "topics";
@@ -37,8 +39,9 @@ pub(crate) const CF_CHECKPOINTS: &str = "checkpoints";
 const CF_META: &str = "meta";
 const NEXT_TOPIC_ID_KEY: &[u8] = b"next_topic_id";
 
-const ALL_CFS: [&str; 8] = [
+const ALL_CFS: [&str; 9] = [
     CF_LOG,
+    CF_COLUMNS,
     CF_TIME_INDEX,
     CF_PARTITIONS,
     CF_TOPICS,
@@ -335,7 +338,7 @@ impl Storage {
             }
             let prefix = keys::topic_prefix(topic.id);
             let end = keys::topic_prefix(topic.id + 1);
-            for cf in [CF_LOG, CF_TIME_INDEX, CF_PARTITIONS] {
+            for cf in [CF_LOG, CF_COLUMNS, CF_TIME_INDEX, CF_PARTITIONS] {
                 batch.delete_range_cf(shared.cf(cf)?, prefix, end);
             }
             batch.delete_cf(shared.cf(CF_TOPICS)?, topic.name.as_bytes());
@@ -585,11 +588,18 @@ fn open_db(path: &Path, options: &StorageOptions) -> Result<DB> {
     small_options.set_block_based_table_factory(&table);
     small_options.set_compression_type(DBCompressionType::Lz4);
 
+    // Column parts are read whole, only the columns a query uses: no
+    // block compression (a stream sets Arrow's own buffer compression if
+    // it wants it), and scans do not fill the block cache with them.
+    let mut column_options = log_options.clone();
+    column_options.set_compression_type(DBCompressionType::None);
+    column_options.set_bottommost_compression_type(DBCompressionType::None);
+
     let descriptors = ALL_CFS.iter().map(|name| {
-        let cf_options = if *name == CF_LOG {
-            log_options.clone()
-        } else {
-            small_options.clone()
+        let cf_options = match *name {
+            CF_LOG => log_options.clone(),
+            CF_COLUMNS => column_options.clone(),
+            _ => small_options.clone(),
         };
         ColumnFamilyDescriptor::new(*name, cf_options)
     });

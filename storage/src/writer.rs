@@ -28,7 +28,8 @@ use crate::error::{Error, Result};
 use crate::keys;
 use crate::options::Durability;
 use crate::storage::{
-    CF_LOG, CF_TIME_INDEX, PartitionMeta, PartitionState, Shared, TopicState, put_partition_meta,
+    CF_COLUMNS, CF_LOG, CF_TIME_INDEX, PartitionMeta, PartitionState, Shared, TopicState,
+    put_partition_meta,
 };
 
 /// Writes grouped into one RocksDB write stop growing past this size.
@@ -91,7 +92,7 @@ impl WriteRequest {
     fn bytes(&self) -> usize {
         self.appends
             .iter()
-            .map(|a| a.batch.bytes.len())
+            .map(|a| a.batch.stored_len())
             .sum::<usize>()
             + self
                 .state
@@ -413,6 +414,7 @@ impl Writer {
         request: WriteRequest,
     ) -> Result<Vec<AppendOutcome>> {
         let log = self.shared.cf(CF_LOG)?;
+        let columns = self.shared.cf(CF_COLUMNS)?;
         let time_index = self.shared.cf(CF_TIME_INDEX)?;
         let mut outcomes = Vec::with_capacity(request.appends.len());
         for append in request.appends {
@@ -436,6 +438,11 @@ impl Writer {
                 keys::batch_key(append.topic.id, append.partition, base_offset),
                 &append.batch.bytes,
             );
+            for (part, bytes) in append.batch.parts.iter().enumerate() {
+                let key =
+                    keys::column_key(append.topic.id, append.partition, base_offset, part as u16);
+                batch.put_cf(columns, key, bytes);
+            }
             if append.batch.max_timestamp_ms > cursor.meta.max_timestamp_ms {
                 batch.put_cf(
                     time_index,
@@ -449,7 +456,7 @@ impl Writer {
                 cursor.meta.max_timestamp_ms = append.batch.max_timestamp_ms;
             }
             cursor.meta.end_offset += u64::from(append.batch.record_count);
-            cursor.meta.size_bytes += append.batch.bytes.len() as u64;
+            cursor.meta.size_bytes += append.batch.stored_len() as u64;
             outcomes.push(AppendOutcome {
                 topic: append.topic.name.clone(),
                 partition: append.partition,

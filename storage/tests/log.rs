@@ -445,7 +445,12 @@ fn columnar_batches_round_trip_with_offsets_per_row() {
         .build()
         .expect("runtime");
     let outcome = runtime
-        .block_on(storage.append_columnar("col", 0, &[100, 300, 200], b"arrow ipc bytes"))
+        .block_on(storage.append_columnar(
+            "col",
+            0,
+            &[100, 300, 200],
+            vec![b"first column".to_vec(), b"second".to_vec()],
+        ))
         .expect("append columnar");
     assert_eq!((outcome.base_offset, outcome.record_count), (2, 3));
     let fetch = storage
@@ -454,9 +459,21 @@ fn columnar_batches_round_trip_with_offsets_per_row() {
     let batch = &fetch.batches[0];
     assert_eq!(batch.kind(), PayloadKind::Columnar);
     let slice = batch.columnar().expect("parse").expect("columnar");
-    assert_eq!(slice.ipc, b"arrow ipc bytes");
+    assert_eq!(slice.column_count(), 2);
+    assert_eq!(&*slice.column(1).expect("column"), b"second");
+    assert!(slice.column(2).is_err());
     assert_eq!(slice.rows, (1, 3));
-    assert_eq!(slice.timestamp_ms(2), 200);
+    assert_eq!(slice.timestamps().expect("timestamps"), [100, 300, 200]);
+    // A scan fetches only the columns its visitor asks for.
+    let mut scanned = Vec::new();
+    storage
+        .scan("col", 0, 2, ReadLimits::default(), |batch| {
+            let slice = batch.columnar()?.expect("columnar");
+            scanned.push(slice.column(0)?.into_owned());
+            Ok(())
+        })
+        .expect("scan");
+    assert_eq!(scanned, [b"first column".to_vec()]);
     assert_eq!(
         storage.offset_for_timestamp("col", 0, 250).expect("lookup"),
         Some(3)

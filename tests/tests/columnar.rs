@@ -325,7 +325,12 @@ async fn a_corrupt_columnar_batch_is_an_error_naming_its_offset() {
         .expect("setup");
     engine
         .storage()
-        .append_columnar("cols", 0, &[1, 2, 3], b"not an arrow ipc stream")
+        .append_columnar(
+            "cols",
+            0,
+            &[1, 2, 3],
+            vec![b"not an arrow ipc stream".to_vec()],
+        )
         .await
         .expect("a raw append");
     let error = engine

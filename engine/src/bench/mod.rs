@@ -662,13 +662,13 @@ fn load_nexmark(
         let mut write = sluice_storage::AtomicWrite::new();
         // Without a key column the batches are the rows in order.
         let mut first = 0;
-        for (partition, count, ipc) in columnar_batches(&def, &rows, partitions, partition)? {
+        for (partition, count, columns) in columnar_batches(&def, &rows, partitions, partition)? {
             let timestamps = records[first..first + count]
                 .iter()
                 .map(|r| r.timestamp_ms)
                 .collect();
             first += count;
-            write.append_columnar(topic.to_string(), partition, timestamps, ipc);
+            write.append_columnar(topic.to_string(), partition, timestamps, columns);
         }
         storage.commit_blocking(write)?;
         Ok(())
