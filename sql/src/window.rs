@@ -3,7 +3,8 @@
 //! `window_start` and `window_end` to each row, so that everything
 //! DataFusion does with rows works on windowed rows too.
 //!
-//! - `TUMBLE(t, ts, size)`: `date_bin(size, ts)`.
+//! - `TUMBLE(t, ts, size)`: `tumble_start(ts, size)`, the epoch-aligned
+//!   window holding `ts` (what `date_bin(size, ts)` gives).
 //! - `HOP(t, ts, slide, size)`: [`HopStarts`] lists the `size / slide`
 //!   windows of a row, then `unnest` makes one row per window.
 //! - `SESSION(t, ts, gap, keys...)`: window functions over each key ordered
@@ -389,21 +390,13 @@ impl RelationPlanner for WindowRelationPlanner {
         let builder = LogicalPlanBuilder::from(input).filter(time.clone().is_not_null())?;
         let plan = match window.kind {
             WindowKind::Tumble { size_ms } => {
-                // date_bin answers in nanoseconds; windows are in the log's ms.
-                let start = cast(
-                    datafusion::functions::expr_fn::date_bin(
-                        interval_ms(size_ms),
-                        time_ms,
-                        lit(ScalarValue::TimestampMillisecond(
-                            Some(0),
-                            time_zone.clone(),
-                        )),
-                    ),
-                    window_type.clone(),
-                );
+                // Integer arithmetic on the milliseconds (what date_bin with
+                // origin 0 computes, without its calendar machinery).
+                let start =
+                    ScalarUDF::new_from_impl(TumbleStart::new()).call(vec![time_ms, lit(size_ms)]);
                 let mut exprs = columns;
                 exprs.push(start.clone().alias(WINDOW_START));
-                exprs.push((start + interval_ms(size_ms)).alias(WINDOW_END));
+                exprs.push((start + duration_ms(size_ms)).alias(WINDOW_END));
                 builder.project(exprs)?.build()?
             }
             WindowKind::Hop { slide_ms, size_ms } => {
@@ -417,7 +410,7 @@ impl RelationPlanner for WindowRelationPlanner {
                 let unnested = builder.project(exprs)?.unnest_column(WINDOW_START)?;
                 let mut exprs = columns;
                 exprs.push(col(WINDOW_START));
-                exprs.push((col(WINDOW_START) + interval_ms(size_ms)).alias(WINDOW_END));
+                exprs.push((col(WINDOW_START) + duration_ms(size_ms)).alias(WINDOW_END));
                 unnested.project(exprs)?.build()?
             }
             WindowKind::Session { gap_ms } => {
@@ -521,7 +514,7 @@ fn plan_sessions(
     let mut exprs = columns.to_vec();
     exprs.push(cast(col("__sluice_first"), window_type.clone()).alias(WINDOW_START));
     exprs.push(
-        (cast(col("__sluice_last"), window_type.clone()) + interval_ms(gap_ms)).alias(WINDOW_END),
+        (cast(col("__sluice_last"), window_type.clone()) + duration_ms(gap_ms)).alias(WINDOW_END),
     );
     bounded.project(exprs)?.build()
 }
@@ -530,8 +523,10 @@ fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn interval_ms(ms: i64) -> Expr {
-    lit(ScalarValue::new_interval_mdn(0, 0, ms * 1_000_000))
+/// A duration literal: added to a millisecond timestamp it is one integer
+/// addition per row (an interval goes through calendar arithmetic).
+fn duration_ms(ms: i64) -> Expr {
+    lit(ScalarValue::DurationMillisecond(Some(ms)))
 }
 
 fn table_factor(name: ObjectName) -> TableFactor {
@@ -546,6 +541,60 @@ fn table_factor(name: ObjectName) -> TableFactor {
         json_path: None,
         sample: None,
         index_hints: Vec::new(),
+    }
+}
+
+/// `tumble_start(time_ms, size_ms)`: the start of the tumbling window of
+/// `size_ms` holding `time` — `floor(time / size) * size`, windows aligned
+/// to the epoch.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TumbleStart {
+    signature: Signature,
+}
+
+impl TumbleStart {
+    fn new() -> Self {
+        TumbleStart {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for TumbleStart {
+    fn name(&self) -> &str {
+        "tumble_start"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(arg_types.first().cloned().unwrap_or(DataType::Null))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let [time, ColumnarValue::Scalar(ScalarValue::Int64(Some(size)))] = args.args.as_slice()
+        else {
+            return plan_err!("tumble_start takes a timestamp and constant BIGINT milliseconds");
+        };
+        let size = *size;
+        if size <= 0 {
+            return plan_err!("tumble_start: the size must be positive");
+        }
+        let times = time.to_array(args.number_rows)?;
+        let DataType::Timestamp(TimeUnit::Millisecond, time_zone) = times.data_type().clone()
+        else {
+            return plan_err!("tumble_start: expected a millisecond timestamp");
+        };
+        let starts = times
+            .as_primitive::<TimestampMillisecondType>()
+            .unary::<_, TimestampMillisecondType>(|t| t.div_euclid(size) * size)
+            .with_timezone_opt(time_zone);
+        Ok(ColumnarValue::Array(Arc::new(starts)))
     }
 }
 
