@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rocksdb::{ColumnFamily, DBRawIterator, ReadOptions, Snapshot};
+use rocksdb::{DBRawIterator, ReadOptions};
 
 use crate::batch::{BatchView, Header, HeaderIter, PayloadKind, RawRow, Record};
 use crate::error::{Error, Result};
@@ -131,12 +131,13 @@ pub struct BatchRef<'a> {
 enum Parts<'a> {
     /// Copied out with the batch ([`FetchedBatch`]).
     Fetched(&'a [Vec<u8>]),
-    /// Still in RocksDB: fetched when asked for (a scan), from the snapshot
-    /// the scan iterates, so retention deleting the batch meanwhile cannot
-    /// take its parts away.
+    /// Still in RocksDB: fetched when asked for (a scan). Not from a
+    /// snapshot (releasing one makes RocksDB rewrite fresh bottommost
+    /// files): a part that retention deleted meanwhile reads as the offset
+    /// being out of range, as the scan would have found it.
     Stored {
-        snapshot: &'a Snapshot<'a>,
-        columns: &'a ColumnFamily,
+        shared: &'a Shared,
+        state: &'a PartitionState,
         topic_id: u32,
     },
 }
@@ -272,8 +273,8 @@ impl<'a> ColumnarSlice<'a> {
         let bytes = match self.batch.parts {
             Parts::Fetched(parts) => parts.get(part).map(|p| Cow::Borrowed(p.as_slice())),
             Parts::Stored {
-                snapshot,
-                columns,
+                shared,
+                state,
                 topic_id,
             } => {
                 let key = keys::column_key(
@@ -286,9 +287,21 @@ impl<'a> ColumnarSlice<'a> {
                 // Large and read once per query: keep them out of the
                 // block cache (the OS page cache still holds them).
                 options.fill_cache(false);
-                snapshot
-                    .get_pinned_cf_opt(columns, key, options)?
-                    .map(|value| Cow::Owned(value.to_vec()))
+                let value = shared
+                    .db
+                    .get_pinned_cf_opt(shared.cf(CF_COLUMNS)?, key, &options)?
+                    .map(|value| Cow::Owned(value.to_vec()));
+                let log_start_offset = state.log_start_offset.load(Ordering::Acquire);
+                if value.is_none() && log_start_offset > self.base_offset {
+                    return Err(Error::OffsetOutOfRange {
+                        topic: self.batch.topic.to_string(),
+                        partition: self.batch.partition,
+                        offset: self.base_offset,
+                        log_start_offset,
+                        end_offset: state.end_offset.load(Ordering::Acquire),
+                    });
+                }
+                value
             }
         };
         match bytes {
@@ -688,9 +701,7 @@ fn visit_partition(
     let mut options = ReadOptions::default();
     options.set_iterate_lower_bound(keys::batch_key(topic.id, partition, 0).to_vec());
     options.set_iterate_upper_bound(keys::batch_key(topic.id, partition, upper).to_vec());
-    let snapshot = shared.db.snapshot();
-    let columns = shared.cf(CF_COLUMNS)?;
-    let mut iter = snapshot.raw_iterator_cf_opt(shared.cf(CF_LOG)?, options);
+    let mut iter = shared.db.raw_iterator_cf_opt(shared.cf(CF_LOG)?, options);
     seek_batch(&mut iter, topic.id, partition, offset);
     let topic_name: Arc<str> = Arc::from(topic.name.as_str());
     let mut records = 0usize;
@@ -752,8 +763,8 @@ fn visit_partition(
             kind: view.kind,
             bytes: value,
             parts: Parts::Stored {
-                snapshot: &snapshot,
-                columns,
+                shared,
+                state,
                 topic_id: topic.id,
             },
         })?;
