@@ -39,7 +39,7 @@ use sluice_storage::{PayloadKind, ReadLimits, ScanOutcome, Storage};
 use crate::catalog::{
     Format, OFFSET_COLUMN, OnError, PARTITION_COLUMN, StreamDef, TIMESTAMP_COLUMN, metadata_fields,
 };
-use crate::columnar::read_columns;
+use crate::columnar::{MAX_BATCH_ROWS, read_columns};
 use crate::deadletter::{BadRecord, DeadLetters};
 use crate::decode::ValueDecoder;
 use crate::error::Error;
@@ -908,7 +908,10 @@ impl RangeReader {
         let topic = self.def.topic.clone();
         let partition = self.range.partition;
         let chunk_start = self.next_offset;
-        let limits = ReadLimits::records(CHUNK_RECORDS)
+        // Whole stored batches (up to MAX_BATCH_ROWS rows): a batch's
+        // columns are read whole, so reading it in pieces would read it
+        // again for each piece. The rows go out in CHUNK_RECORDS slices.
+        let limits = ReadLimits::records(MAX_BATCH_ROWS.max(CHUNK_RECORDS))
             .with_max_bytes(CHUNK_BYTES)
             .until(self.range.end);
         // (value columns of the wanted rows, offset of the first, their
@@ -962,7 +965,12 @@ impl RangeReader {
         self.next_offset = scanned.next_offset.min(self.range.end);
         for (values, offsets, timestamps) in parts {
             let batch = self.assemble_columnar(&values, offsets, &timestamps)?;
-            self.pending.push_back(batch);
+            let mut start = 0;
+            while start < batch.num_rows() {
+                let len = CHUNK_RECORDS.min(batch.num_rows() - start);
+                self.pending.push_back(batch.slice(start, len));
+                start += len;
+            }
         }
         report.decode_nanos.fetch_add(
             inside_nanos + thread_cpu_nanos().saturating_sub(assemble_started),

@@ -411,3 +411,59 @@ async fn columnar_streams_bind_only_fitting_topics() {
     assert_eq!(sluice_tests::row_lines(&got), vec!["9".to_string()]);
     engine.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_stored_batches_read_whole_and_from_inside() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = sluice_tests::open_engine(dir.path()).await;
+    engine
+        .execute("CREATE STREAM big (n BIGINT, s VARCHAR) WITH (format = 'arrow', partitions = 1)")
+        .await
+        .expect("create");
+    // More rows than one stored batch holds: two batches, 64Ki + the rest.
+    let total = sluice_engine::sql::MAX_BATCH_ROWS as i64 + 34_000;
+    let input = batch(vec![
+        (
+            "n",
+            Arc::new(Int64Array::from_iter_values(0..total)) as ArrayRef,
+        ),
+        (
+            "s",
+            Arc::new(StringArray::from_iter_values(
+                (0..total).map(|i| format!("v{}", i % 7)),
+            )) as ArrayRef,
+        ),
+    ]);
+    let ranges = engine
+        .producer("big")
+        .expect("producer")
+        .send_batch(input)
+        .await
+        .expect("send_batch");
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    let cases = [
+        (
+            "SELECT count(*), sum(n), min(_offset), max(_offset) FROM big",
+            format!("{total} | {} | 0 | {}", total * (total - 1) / 2, total - 1),
+        ),
+        // Offsets that start and end inside the stored batches.
+        (
+            "SELECT count(*), min(n), max(n) FROM big WHERE _offset >= 10000 AND _offset < 70000",
+            "60000 | 10000 | 69999".to_string(),
+        ),
+        (
+            "SELECT count(*) FROM big WHERE s = 'v3'",
+            ((0..total).filter(|i| i % 7 == 3).count()).to_string(),
+        ),
+    ];
+    for (sql, expected) in cases {
+        let output = engine.query(sql).await.expect(sql);
+        assert_eq!(sluice_tests::row_lines(&output), vec![expected], "{sql}");
+    }
+    let limited = engine
+        .query("SELECT n FROM big LIMIT 3")
+        .await
+        .expect("limit");
+    assert_eq!(sluice_tests::row_lines(&limited).len(), 3);
+    engine.shutdown().await.expect("shutdown");
+}
