@@ -47,20 +47,26 @@ pub fn ddl(partitions: u32) -> String {
 
 /// [`ddl`] with streams of `format` (`json` or `arrow`).
 pub fn ddl_as(partitions: u32, format: &str) -> String {
+    ddl_with(partitions, &format!("format = '{format}'"))
+}
+
+/// [`ddl`] with `settings` (say `format = 'arrow', compression = 'lz4'`)
+/// in each stream's `WITH`.
+pub fn ddl_with(partitions: u32, settings: &str) -> String {
     format!(
         "CREATE STREAM IF NOT EXISTS person (id BIGINT, name VARCHAR, email_address VARCHAR, \
            credit_card VARCHAR, city VARCHAR, state VARCHAR, date_time TIMESTAMP, extra VARCHAR, \
            WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
-         WITH (topic = 'person', format = '{format}', partitions = {partitions});
+         WITH (topic = 'person', {settings}, partitions = {partitions});
          CREATE STREAM IF NOT EXISTS auction (id BIGINT, item_name VARCHAR, description VARCHAR, \
            initial_bid BIGINT, reserve BIGINT, date_time TIMESTAMP, expires TIMESTAMP, \
            seller BIGINT, category BIGINT, extra VARCHAR, \
            WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
-         WITH (topic = 'auction', format = '{format}', partitions = {partitions});
+         WITH (topic = 'auction', {settings}, partitions = {partitions});
          CREATE STREAM IF NOT EXISTS bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, \
            url VARCHAR, date_time TIMESTAMP, extra VARCHAR, \
            WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
-         WITH (topic = 'bid', format = '{format}', partitions = {partitions});"
+         WITH (topic = 'bid', {settings}, partitions = {partitions});"
     )
 }
 

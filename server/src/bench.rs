@@ -432,6 +432,9 @@ pub(crate) struct NexmarkArgs {
     /// `arrow` (columnar: decoded once, when loaded).
     #[arg(long, default_value = "json", value_parser = ["json", "arrow"])]
     format: String,
+    /// Arrow streams: the IPC compression of their stored columns.
+    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
+    compression: String,
     /// Threads the query uses (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -501,6 +504,10 @@ fn nexmark_latency(args: &NexmarkArgs, seconds: f64, threads: usize) -> anyhow::
 pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     sluice_engine::nexmark::query(&args.query)?;
     let format = sluice_engine::Format::parse(&args.format)?;
+    let compression = sluice_engine::Compression::parse(&args.compression)?;
+    if compression != sluice_engine::Compression::None && format != sluice_engine::Format::Arrow {
+        bail!("--compression is a setting of arrow streams: add --format arrow");
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -519,6 +526,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         target_partitions: threads,
         max_records_per_trigger: args.max_records_per_trigger,
         format,
+        compression,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
@@ -529,6 +537,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         "bench": "nexmark",
         "query": report.query,
         "format": format.as_str(),
+        "compression": compression.as_str(),
         "events": report.events,
         "events_read": report.events_read,
         "partitions": report.partitions,

@@ -104,7 +104,7 @@ pub async fn run_latency_bench(
         dir,
         options.target_partitions,
         partitions,
-        sluice_sql::Format::Json,
+        "format = 'json'",
     )
     .await?;
     let handle = engine

@@ -15,7 +15,7 @@ use ::nexmark::config::NexmarkConfig;
 use ::nexmark::event::{Event, EventType};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::json::ReaderBuilder;
-use sluice_sql::{Format, Output, SqlOptions, columnar_batches};
+use sluice_sql::{Compression, Format, Output, SqlOptions, columnar_batches};
 use sluice_storage::{Durability, Record, Storage};
 
 use crate::engine::Engine;
@@ -359,6 +359,8 @@ pub struct NexmarkBenchOptions {
     /// The streams' format: `json` (decoded by every query) or `arrow`
     /// (decoded once, when loaded).
     pub format: Format,
+    /// Arrow streams: the IPC compression of their columns.
+    pub compression: Compression,
 }
 
 /// What one Nexmark run measured.
@@ -399,7 +401,14 @@ pub async fn run_nexmark_bench(
 ) -> Result<NexmarkBenchReport> {
     let sql_text = crate::nexmark::query(&options.query)?;
     let partitions = options.partitions.max(1);
-    let engine = nexmark_engine(dir, options.target_partitions, partitions, options.format).await?;
+    let mut settings = format!("format = '{}'", options.format.as_str());
+    if options.format == Format::Arrow {
+        settings.push_str(&format!(
+            ", compression = '{}'",
+            options.compression.as_str()
+        ));
+    }
+    let engine = nexmark_engine(dir, options.target_partitions, partitions, &settings).await?;
     let sql = engine.sql().clone();
     let load_started = Instant::now();
     let events = options.events;
@@ -480,12 +489,13 @@ pub async fn run_nexmark_bench(
 }
 
 /// An engine in `dir` (`os` durability) with the Nexmark streams on
-/// topics of `partitions` partitions.
+/// topics of `partitions` partitions, with `settings` (format and
+/// compression) in their `WITH`.
 async fn nexmark_engine(
     dir: &std::path::Path,
     target_partitions: usize,
     partitions: u32,
-    format: Format,
+    settings: &str,
 ) -> Result<Engine> {
     let engine = Engine::builder(dir)
         .durability(Durability::Os)
@@ -493,7 +503,7 @@ async fn nexmark_engine(
         .open()
         .await?;
     engine
-        .execute(&crate::nexmark::ddl_as(partitions, format.as_str()))
+        .execute(&crate::nexmark::ddl_with(partitions, settings))
         .await?;
     Ok(engine)
 }
