@@ -1,2 +1,3 @@
 //! Unit tests that need crate internals.
+mod columnar;
 mod model;
