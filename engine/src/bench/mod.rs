@@ -361,6 +361,10 @@ pub struct NexmarkBenchOptions {
     pub format: Format,
     /// Arrow streams: the IPC compression of their columns.
     pub compression: Compression,
+    /// Records per append while loading (one stored batch per partition
+    /// and append); `None`: 8,192 rows for arrow streams, 1,000 records
+    /// for JSON.
+    pub batch_rows: Option<usize>,
 }
 
 /// What one Nexmark run measured.
@@ -411,9 +415,9 @@ pub async fn run_nexmark_bench(
     let engine = nexmark_engine(dir, options.target_partitions, partitions, &settings).await?;
     let sql = engine.sql().clone();
     let load_started = Instant::now();
-    let events = options.events;
+    let (events, batch_rows) = (options.events, options.batch_rows);
     let (counts, sample) =
-        tokio::task::spawn_blocking(move || load_nexmark(&sql, events, partitions))
+        tokio::task::spawn_blocking(move || load_nexmark(&sql, events, partitions, batch_rows))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
     let settling = engine.storage().clone();
@@ -648,15 +652,16 @@ fn load_nexmark(
     sql: &sluice_sql::SqlContext,
     events: usize,
     partitions: u32,
+    batch_rows: Option<usize>,
 ) -> Result<(RecordCounts, Vec<TimedValue>)> {
     use std::collections::HashMap;
     const SAMPLE: usize = 1_000_000;
     let storage = sql.storage();
     let columnar = |topic: &str| sql.catalog().columnar_stream_for_topic(topic);
-    let batch = if columnar("bid").is_some() {
-        8192
-    } else {
-        1000
+    let batch = match batch_rows {
+        Some(rows) => rows.max(1),
+        None if columnar("bid").is_some() => 8192,
+        None => 1000,
     };
     let mut pending: HashMap<&'static str, Vec<Record>> = HashMap::new();
     let mut next_partition: HashMap<&'static str, u32> = HashMap::new();
