@@ -125,9 +125,19 @@ impl SqlContext {
                 def.name
             )));
         }
-        let values: Vec<&[u8]> = records.iter().map(|r| r.record.value.as_slice()).collect();
-        let decoded = decode_json(&def, &values)?;
-        let rows = conform(&def, &column_names(&def), std::slice::from_ref(&decoded))?;
+        // Decoding is CPU work: off the async runtime, as encoding is.
+        let decoding = def.clone();
+        let (records, rows) = blocking(move || {
+            let values: Vec<&[u8]> = records.iter().map(|r| r.record.value.as_slice()).collect();
+            let decoded = decode_json(&decoding, &values)?;
+            let rows = conform(
+                &decoding,
+                &column_names(&decoding),
+                std::slice::from_ref(&decoded),
+            )?;
+            Ok((records, rows))
+        })
+        .await?;
         let partitions = self.storage().partition_count(topic)?;
         let sticky = self.storage().next_partition(topic)?;
         let mut placement = Vec::with_capacity(records.len());
@@ -201,7 +211,9 @@ impl SqlContext {
 
     /// Writes `rows` (the stream's value columns) as columnar batches,
     /// `placement[i]` the partition of row `i`, in one atomic write. The
-    /// parts written and the base offset each got.
+    /// parts written and the base offset each got. The encoding (IPC per
+    /// column, compression) runs on a blocking thread, off the caller's
+    /// async runtime.
     async fn append_parts(
         &self,
         def: &StreamDef,
@@ -209,16 +221,31 @@ impl SqlContext {
         placement: &[u32],
         timestamps: &[i64],
     ) -> Result<(Vec<Part>, Vec<u64>)> {
-        let parts = split(placement);
-        let mut write = AtomicWrite::new();
-        for part in &parts {
-            let columns = encode_part(def, rows, part)?;
-            let times = part.rows.iter().map(|&r| timestamps[r as usize]).collect();
-            write.append_columnar(def.topic.clone(), part.partition, times, columns);
-        }
+        let (def, rows) = (def.clone(), rows.clone());
+        let (placement, timestamps) = (placement.to_vec(), timestamps.to_vec());
+        let (parts, write) = blocking(move || {
+            let parts = split(&placement);
+            let mut write = AtomicWrite::new();
+            for part in &parts {
+                let columns = encode_part(&def, &rows, part)?;
+                let times = part.rows.iter().map(|&r| timestamps[r as usize]).collect();
+                write.append_columnar(def.topic.clone(), part.partition, times, columns);
+            }
+            Ok((parts, write))
+        })
+        .await?;
         let outcomes = self.storage().commit(write).await?;
         Ok((parts, outcomes.into_iter().map(|o| o.base_offset).collect()))
     }
+}
+
+/// Runs CPU-bound work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("encoding task: {e}")))?
 }
 
 /// A stored batch to append: its partition, row count and column bytes.
