@@ -132,7 +132,8 @@ impl ProjectedJson {
     /// path (or not valid JSON); the rows pushed so far are then in an
     /// unknown state, and the caller must [`ProjectedJson::reset`].
     pub(crate) fn push(&mut self, value: &[u8]) -> bool {
-        if std::str::from_utf8(value).is_err() {
+        // `is_ascii` is a fast SIMD pass; only other text needs the full check.
+        if !value.is_ascii() && std::str::from_utf8(value).is_err() {
             return false;
         }
         self.slots.fill(Slot::Missing);
@@ -297,6 +298,20 @@ fn read_wanted(reader: &mut Reader<'_>, kind: Kind) -> Option<Slot> {
     }
 }
 
+/// The first `"` or `\\` in `bytes`. Keys and most values are short: a
+/// plain loop over the first bytes beats setting up a SIMD search.
+fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    const SHORT: usize = 16;
+    let head = &bytes[..bytes.len().min(SHORT)];
+    if let Some(at) = head.iter().position(|&b| b == b'"' || b == b'\\') {
+        return Some(at);
+    }
+    if bytes.len() <= SHORT {
+        return None;
+    }
+    memchr2(b'"', b'\\', &bytes[SHORT..]).map(|at| at + SHORT)
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -346,7 +361,7 @@ impl Reader<'_> {
         let start = self.at;
         let rest = &self.bytes[start..];
         // Raw control characters pass, as arrow-json lets them.
-        let end = start + memchr2(b'"', b'\\', rest)?;
+        let end = start + find_quote_or_backslash(rest)?;
         if self.bytes[end] != b'"' {
             return None;
         }
@@ -362,7 +377,7 @@ impl Reader<'_> {
         }
         loop {
             let rest = &self.bytes[self.at..];
-            let Some(offset) = memchr2(b'"', b'\\', rest) else {
+            let Some(offset) = find_quote_or_backslash(rest) else {
                 return false;
             };
             self.at += offset;
