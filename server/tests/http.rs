@@ -1152,8 +1152,19 @@ fn persistent_queries_over_http_survive_a_restart_without_duplicate_or_gap() {
         "no duplicate after the restart: {body}"
     );
 
-    // Progress, stop, and the errors.
-    let (_, body) = server.get(&format!("/v1/queries/{id}"));
+    // Progress, stop, and the errors. A trigger's progress is published
+    // just after its output commits, so the reader above can get ahead of
+    // it: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let body = loop {
+        let (_, body) = server.get(&format!("/v1/queries/{id}"));
+        if json(&body)["progress"]["batch_id"].as_u64().is_some()
+            || std::time::Instant::now() > deadline
+        {
+            break body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(
         json(&body)["progress"]["batch_id"].as_u64().is_some(),
         "{body}"
