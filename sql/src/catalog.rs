@@ -74,7 +74,7 @@ impl Format {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
-    /// Uncompressed: reads map the stored bytes without decompressing.
+    /// Uncompressed: reads take the stored column bytes as they are.
     #[default]
     None,
     /// LZ4 frames: fast, about half the size for typical event data.

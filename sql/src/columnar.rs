@@ -245,7 +245,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Error::Internal(format!("encoding task: {e}")))?
+        .map_err(|e| Error::Internal(format!("a blocking task failed: {e}")))?
 }
 
 /// A stored batch to append: its partition, row count and column bytes.
@@ -429,8 +429,7 @@ pub fn read_columns(
     columns
         .iter()
         .map(|&index| {
-            let (field, array) = decode_column(slice.column(index)?, slice.stored_rows)
-                .map_err(|reason| slice.corrupt(format!("column {index}: {reason}")))?;
+            let (field, array) = stored_column(slice, index)?;
             let expected = def.value_schema.field(index);
             if field.name() != expected.name() || field.data_type() != expected.data_type() {
                 return Err(slice.corrupt(format!(
@@ -445,6 +444,16 @@ pub fn read_columns(
             Ok(array)
         })
         .collect()
+}
+
+/// Column `index` of a stored columnar batch, read and decoded: its field
+/// and its array; a column that does not decode is a corrupt batch.
+fn stored_column(
+    slice: &ColumnarSlice<'_>,
+    index: usize,
+) -> sluice_storage::Result<(Arc<Field>, ArrayRef)> {
+    decode_column(slice.column(index)?, slice.stored_rows)
+        .map_err(|reason| slice.corrupt(format!("column {index}: {reason}")))
 }
 
 /// One column's IPC stream: its field and its array of `rows` rows. The
@@ -509,8 +518,7 @@ pub fn columnar_json_rows(slice: &ColumnarSlice<'_>) -> sluice_storage::Result<V
     let mut fields = Vec::with_capacity(slice.column_count());
     let mut arrays = Vec::with_capacity(slice.column_count());
     for index in 0..slice.column_count() {
-        let (field, array) = decode_column(slice.column(index)?, slice.stored_rows)
-            .map_err(|reason| slice.corrupt(format!("column {index}: {reason}")))?;
+        let (field, array) = stored_column(slice, index)?;
         fields.push(field);
         arrays.push(array);
     }

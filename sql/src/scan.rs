@@ -178,6 +178,18 @@ impl ScanReport {
             .unwrap_or_default()
     }
 
+    /// Books a scan's CPU time as reading: the thread's time since
+    /// `started` less `visiting` (the time its visitor spent decoding).
+    /// Returns now, where decoding time starts.
+    fn add_read_time(&self, started: u64, visiting: u64) -> u64 {
+        let now = thread_cpu_nanos();
+        self.read_nanos.fetch_add(
+            now.saturating_sub(started).saturating_sub(visiting),
+            Ordering::Relaxed,
+        );
+        now
+    }
+
     fn count_read(&self, records: u64, batches: u64) {
         self.records_read.fetch_add(records, Ordering::Relaxed);
         self.batches_read.fetch_add(batches, Ordering::Relaxed);
@@ -875,15 +887,9 @@ impl RangeReader {
             ))));
         }
         let report = self.context.report.clone();
-        let decode_started = thread_cpu_nanos();
         // Time inside the visitor is framing and feeding the decoder:
         // decode work; the rest of the scan is RocksDB's.
-        report.read_nanos.fetch_add(
-            decode_started
-                .saturating_sub(started)
-                .saturating_sub(inside_nanos),
-            Ordering::Relaxed,
-        );
+        let decode_started = report.add_read_time(started, inside_nanos);
         let Some(decoded) = self.decoder.finish_feed(feed) else {
             // A bad value somewhere: read the same records again, copied,
             // and decode them one by one (that read counts them).
@@ -914,7 +920,7 @@ impl RangeReader {
         let limits = ReadLimits::records(MAX_BATCH_ROWS.max(CHUNK_RECORDS))
             .with_max_bytes(CHUNK_BYTES)
             .until(self.range.end);
-        // (value columns of the wanted rows, offset of the first, their
+        // (value columns of the wanted rows, their offsets, their
         // timestamps if `_timestamp` is wanted)
         let mut parts: Vec<(Vec<ArrayRef>, Range<u64>, Vec<i64>)> = Vec::new();
         let wants_timestamps = self.sources.iter().any(|s| matches!(s, Source::Timestamp));
@@ -941,11 +947,12 @@ impl RangeReader {
                     .into_iter()
                     .map(|column| column.slice(start, end - start))
                     .collect();
-                let times = if wants_timestamps {
-                    slice.timestamps()?[start..end].to_vec()
-                } else {
-                    Vec::new()
-                };
+                let mut times = Vec::new();
+                if wants_timestamps {
+                    times = slice.timestamps()?;
+                    times.truncate(end);
+                    times.drain(..start);
+                }
                 parts.push((columns, first..first + (end - start) as u64, times));
                 inside_nanos += thread_cpu_nanos().saturating_sub(entered);
                 Ok(())
@@ -954,13 +961,7 @@ impl RangeReader {
             return Ok(None);
         };
         let report = self.context.report.clone();
-        let assemble_started = thread_cpu_nanos();
-        report.read_nanos.fetch_add(
-            assemble_started
-                .saturating_sub(started)
-                .saturating_sub(inside_nanos),
-            Ordering::Relaxed,
-        );
+        let assemble_started = report.add_read_time(started, inside_nanos);
         report.count_read(scanned.record_count as u64, scanned.batch_count as u64);
         self.next_offset = scanned.next_offset.min(self.range.end);
         for (values, offsets, timestamps) in parts {
@@ -1084,11 +1085,7 @@ impl RangeReader {
             return Ok(None);
         }
         let report = &self.context.report;
-        let decode_started = thread_cpu_nanos();
-        report.read_nanos.fetch_add(
-            decode_started.saturating_sub(read_started),
-            Ordering::Relaxed,
-        );
+        let decode_started = report.add_read_time(read_started, 0);
         self.next_offset = fetch.next_offset.min(self.range.end);
         let count = fetch.record_count();
         let mut values: Vec<&[u8]> = Vec::with_capacity(count);

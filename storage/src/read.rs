@@ -350,7 +350,7 @@ impl FetchedBatch {
 
     /// The stored batch's size in bytes.
     pub fn byte_len(&self) -> usize {
-        BatchView::parse(&self.bytes).map_or(self.bytes.len(), |view| view.stored_len())
+        self.as_batch_ref().byte_len()
     }
 
     /// The batch as a borrowed [`BatchRef`].
