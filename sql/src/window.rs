@@ -17,7 +17,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayBuilder, ArrayRef, AsArray, Int64Builder, ListArray};
+use datafusion::arrow::array::{
+    Array, ArrayBuilder, ArrayRef, AsArray, Int64Builder, ListArray, PrimitiveArray,
+};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, TimeUnit, TimestampMillisecondType};
 use datafusion::common::{DFSchema, DataFusionError, ScalarValue, plan_err};
@@ -590,12 +592,31 @@ impl ScalarUDFImpl for TumbleStart {
         else {
             return plan_err!("tumble_start: expected a millisecond timestamp");
         };
-        let starts = times
-            .as_primitive::<TimestampMillisecondType>()
-            .unary::<_, TimestampMillisecondType>(|t| t.div_euclid(size) * size)
-            .with_timezone_opt(time_zone);
+        let times = times.as_primitive::<TimestampMillisecondType>();
+        let starts = PrimitiveArray::<TimestampMillisecondType>::new(
+            window_starts(times.values(), size).into(),
+            times.nulls().cloned(),
+        )
+        .with_timezone_opt(time_zone);
         Ok(ColumnarValue::Array(Arc::new(starts)))
     }
+}
+
+/// The start of the `size`-wide window holding each of `times`. Rows of a
+/// log batch come mostly in time order, so most fall in the window of the
+/// row before: one comparison instead of a division.
+fn window_starts(times: &[i64], size: i64) -> Vec<i64> {
+    let (mut start, mut end) = (i64::MAX, i64::MIN);
+    times
+        .iter()
+        .map(|&t| {
+            if t < start || t >= end {
+                start = t.div_euclid(size) * size;
+                end = start.saturating_add(size);
+            }
+            start
+        })
+        .collect()
 }
 
 /// `hop_starts(time_ms, slide_ms, size_ms)`: the starts of the hopping
@@ -844,4 +865,32 @@ fn gcd(mut a: i64, mut b: i64) -> i64 {
         (a, b) = (b, a % b);
     }
     a.abs()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::window_starts;
+
+    proptest! {
+        /// The shortcut for rows in the window of the row before gives
+        /// what the division gives, in any order, on both sides of zero and
+        /// on window boundaries.
+        #[test]
+        fn window_starts_are_floors(
+            size in 1i64..100_000,
+            times in proptest::collection::vec(
+                prop_oneof![
+                    -1_000_000_000_000i64..1_000_000_000_000,
+                    (-1_000i64..1_000).prop_map(|k| k * 7_000),
+                    -20i64..20,
+                ],
+                0..200,
+            ),
+        ) {
+            let expected: Vec<i64> = times.iter().map(|t| t.div_euclid(size) * size).collect();
+            prop_assert_eq!(window_starts(&times, size), expected);
+        }
+    }
 }

@@ -30,10 +30,11 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::udaf::AggregateFunctionExpr;
 use datafusion::physical_plan::{ExecutionPlan, collect};
@@ -124,6 +125,93 @@ impl AggregateStages {
             .expr()
             .iter()
             .position(|(_, name)| name == column || name.ends_with(&qualified))
+    }
+
+    /// The `Partial` stage over `input`. When the aggregate groups by both
+    /// `window_start` and `window_end` and the end is computed from the
+    /// start plus a constant (TUMBLE and HOP), the stage groups by the
+    /// start alone, one key column fewer to hash and compare per row (for
+    /// a plain TUMBLE, DataFusion's single-column group table), and adds
+    /// the end to its output after: the same layout as the plain stage.
+    fn partial(&self, input: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        let plain = self.stage(AggregateMode::Partial, input.clone())?;
+        let Some((start, end, size)) = self.derived_window_end() else {
+            return Ok(plain);
+        };
+        let mut keys = self.group_by.expr().to_vec();
+        keys.remove(end);
+        let narrow: Arc<dyn ExecutionPlan> = Arc::new(
+            AggregateExec::try_new(
+                AggregateMode::Partial,
+                PhysicalGroupBy::new_single(keys),
+                self.aggr_expr.clone(),
+                self.filter_expr.clone(),
+                input,
+                self.input.schema(),
+            )
+            .map_err(from_datafusion)?,
+        );
+        let narrow_schema = narrow.schema();
+        let column = |index: usize| -> Arc<dyn PhysicalExpr> {
+            Arc::new(Column::new(narrow_schema.field(index).name(), index))
+        };
+        // The narrow stage's columns: the keys without the end, then the
+        // states; `start` moves down one when it came after the end.
+        let start = if start > end { start - 1 } else { start };
+        let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::new();
+        for (index, field) in plain.schema().fields().iter().enumerate() {
+            let expr: Arc<dyn PhysicalExpr> = match index.cmp(&end) {
+                std::cmp::Ordering::Less => column(index),
+                std::cmp::Ordering::Equal => {
+                    Arc::new(BinaryExpr::new(column(start), Operator::Plus, size.clone()))
+                }
+                std::cmp::Ordering::Greater => column(index - 1),
+            };
+            exprs.push((expr, field.name().clone()));
+        }
+        let widened: Arc<dyn ExecutionPlan> =
+            Arc::new(ProjectionExec::try_new(exprs, narrow).map_err(from_datafusion)?);
+        // Anything unexpected (a type that does not add up the same way)
+        // keeps the plain stage.
+        Ok(if same_layout(&widened.schema(), &plain.schema()) {
+            widened
+        } else {
+            plain
+        })
+    }
+
+    /// When `window_end` is grouped and computed as `window_start` plus a
+    /// constant in the projection under the aggregate: the positions of
+    /// the two among the group columns, and the constant.
+    fn derived_window_end(&self) -> Option<(usize, usize, Arc<dyn PhysicalExpr>)> {
+        let (start, end) = (self.window_start_group()?, self.window_end_group()?);
+        let keys = self.group_by.expr();
+        let column_of =
+            |position: usize| keys[position].0.downcast_ref::<Column>().map(Column::index);
+        let (start_column, end_column) = (column_of(start)?, column_of(end)?);
+        // Down through operators that pass their input's columns on as
+        // they are, to the projection that computes the two.
+        let mut node = self.input.clone();
+        let projection = loop {
+            if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
+                break projection.expr().to_vec();
+            }
+            let children = node.children();
+            if children.len() != 1 || children[0].schema() != node.schema() {
+                return None;
+            }
+            let child = children[0].clone();
+            node = child;
+        };
+        let start_expr = &projection.get(start_column)?.expr;
+        let end_expr = projection
+            .get(end_column)?
+            .expr
+            .downcast_ref::<BinaryExpr>()?;
+        let constant = end_expr.right().downcast_ref::<Literal>()?;
+        let is_duration = matches!(constant.value(), ScalarValue::DurationMillisecond(Some(_)));
+        (is_duration && *end_expr.op() == Operator::Plus && end_expr.left() == start_expr)
+            .then(|| (start, end, end_expr.right().clone()))
     }
 
     fn stage(
@@ -273,8 +361,7 @@ impl AggregateState {
                 let schema = stages
                     .stage(AggregateMode::Partial, stages.input.clone())?
                     .schema();
-                let partial =
-                    pane_stages.stage(AggregateMode::Partial, pane_stages.input.clone())?;
+                let partial = pane_stages.partial(pane_stages.input.clone())?;
                 if !same_layout(&partial.schema(), &schema) {
                     return Err(Error::Internal(format!(
                         "the pane plan's states ({:?}) differ from the query's ({schema:?})",
@@ -311,7 +398,7 @@ impl AggregateState {
                     ));
                     input = Arc::new(FilterExec::try_new(open, input).map_err(from_datafusion)?);
                 }
-                let partial = stages.stage(AggregateMode::Partial, input)?;
+                let partial = stages.partial(input)?;
                 let schema = partial.schema();
                 let partials: Vec<RecordBatch> = collect(partial, context.clone())
                     .await
@@ -682,4 +769,86 @@ fn same_layout(a: &SchemaRef, b: &SchemaRef) -> bool {
             .iter()
             .zip(b.fields())
             .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+    use datafusion::arrow::compute::concat_batches;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+    use datafusion::physical_plan::projection::ProjectionExec;
+    use datafusion::physical_plan::{ExecutionPlan, collect};
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    use super::AggregateStages;
+
+    /// The state rows of `plan`, sorted, as text.
+    async fn sorted_rows(plan: Arc<dyn ExecutionPlan>, context: &SessionContext) -> String {
+        let schema = plan.schema();
+        let rows =
+            concat_batches(&schema, &collect(plan, context.task_ctx()).await.unwrap()).unwrap();
+        let mut lines: Vec<String> = pretty_format_batches(&[rows])
+            .unwrap()
+            .to_string()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines.join("\n")
+    }
+
+    /// A `window_end` computed as `window_start` plus a constant is left out
+    /// of the partial stage's keys and added back after: the same state
+    /// rows as the plain stage, on both sides of zero and across window
+    /// boundaries.
+    #[tokio::test]
+    async fn a_derived_window_end_is_not_a_group_key() {
+        let context =
+            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("price", DataType::Int64, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]));
+        let times = [0, 9_999, 10_000, 25_000, -1, -10_000, 10_000, 0];
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(1..=times.len() as i64)),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    times.iter().map(|t| t - t.rem_euclid(10_000)),
+                )),
+            ],
+        )
+        .unwrap();
+        context.register_batch("t", batch).unwrap();
+        let plan = context
+            .sql(
+                "SELECT max(price) AS top, count(*) AS n, window_end FROM (SELECT price, ts AS \
+                 window_start, ts + arrow_cast(10000, 'Duration(Millisecond)') AS window_end \
+                 FROM t) GROUP BY window_start, window_end",
+            )
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let stages = AggregateStages::find(&plan).unwrap();
+        let derived = stages.partial(stages.input.clone()).unwrap();
+        let projection = derived
+            .downcast_ref::<ProjectionExec>()
+            .expect("the partial stage adds the window end after aggregating");
+        let narrow = projection.input().downcast_ref::<AggregateExec>().unwrap();
+        assert_eq!(narrow.group_expr().expr().len(), 1);
+        let plain = stages
+            .stage(AggregateMode::Partial, stages.input.clone())
+            .unwrap();
+        assert_eq!(
+            sorted_rows(derived, &context).await,
+            sorted_rows(plain, &context).await
+        );
+    }
 }
