@@ -813,7 +813,7 @@ mod tests {
             Field::new("price", DataType::Int64, false),
             Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
         ]));
-        let times = [0, 9_999, 10_000, 25_000, -1, -10_000, 10_000, 0];
+        let times: [i64; 8] = [0, 9_999, 10_000, 25_000, -1, -10_000, 10_000, 0];
         let batch = RecordBatch::try_new(
             schema,
             vec![
