@@ -441,10 +441,23 @@ impl Reader<'_> {
         if !integral {
             return None;
         }
-        std::str::from_utf8(&self.bytes[start..end])
-            .ok()?
-            .parse()
-            .ok()
+        // `number` checked the text: an optional minus, then digits. A
+        // negative number accumulates downwards, so i64::MIN fits.
+        let (negative, digits) = match &self.bytes[start..end] {
+            [b'-', rest @ ..] => (true, rest),
+            digits => (false, digits),
+        };
+        let mut value: i64 = 0;
+        for &digit in digits {
+            let digit = i64::from(digit - b'0');
+            value = value.checked_mul(10)?;
+            value = if negative {
+                value.checked_sub(digit)?
+            } else {
+                value.checked_add(digit)?
+            };
+        }
+        Some(value)
     }
 
     /// Skips any JSON value, checking that it is well formed.
@@ -569,6 +582,9 @@ mod tests {
             Just("-0".to_string()),
             Just("0.5E-2".to_string()),
             Just("12345678901234567890".to_string()),
+            Just(i64::MIN.to_string()),
+            Just(i64::MAX.to_string()),
+            Just("-9223372036854775809".to_string()),
             "[a-z ]{0,8}".prop_map(|s| format!("\"{s}\"")),
             Just(r#""tab\tquote\" slash\/ back\\""#.to_string()),
             Just(r#""\u00e9""#.to_string()),

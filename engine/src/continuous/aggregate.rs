@@ -19,16 +19,14 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
-use datafusion::arrow::compute::{
-    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
-};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::Operator;
+use datafusion::logical_expr::{EmitTo, Operator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
@@ -535,43 +533,143 @@ impl AggregateState {
 
     /// The final values of state rows, sorted by their group columns
     /// (window first), so emitted rows come out in a deterministic order.
+    ///
+    /// State rows are sorted first. When no two of them share a group (as
+    /// the state keeps them), each row is its own group: every accumulator
+    /// merges the state columns with row `i` as group `i` and evaluates,
+    /// with no hash table and the order kept. Otherwise (or for an
+    /// aggregate without a groups accumulator) DataFusion's `Final` stage
+    /// runs and its output is sorted.
     pub(crate) async fn finalize(
         stages: &AggregateStages,
         rows: Vec<RecordBatch>,
         state_schema: SchemaRef,
         context: Arc<TaskContext>,
     ) -> Result<(Vec<RecordBatch>, SchemaRef)> {
-        let source: Arc<dyn ExecutionPlan> =
-            MemorySourceConfig::try_new_exec(&[rows], state_schema, None)
-                .map_err(from_datafusion)?;
-        let finals = stages.stage(AggregateMode::Final, source)?;
-        let schema = finals.schema();
-        let batches = collect(finals, context).await.map_err(from_datafusion)?;
-        let all = concat_batches(&schema, &batches)
-            .map_err(|e| Error::Internal(format!("joining results: {e}")))?;
-        if all.num_rows() <= 1 {
-            return Ok((vec![all], schema));
-        }
         let mut order: Vec<usize> = (0..stages.group_count()).collect();
         if let Some(window) = stages.window_start_group() {
             order.retain(|i| *i != window);
             order.insert(0, window);
         }
-        let columns: Vec<SortColumn> = order
-            .iter()
-            .map(|&i| SortColumn {
-                values: all.column(i).clone(),
-                options: None,
-            })
-            .collect();
-        let sorted = match lexsort_to_indices(&columns, None) {
-            Ok(indices) => take_record_batch(&all, &indices)
+        let state = concat_batches(&state_schema, &rows)
+            .map_err(|e| Error::Internal(format!("joining state rows: {e}")))?;
+        let sorted = sort_indices(&state, &order);
+        let unique = sorted.as_ref().is_some_and(|(_, unique)| *unique);
+        let state = match &sorted {
+            Some((indices, _)) => take_record_batch(&state, indices)
+                .map_err(|e| Error::Internal(format!("ordering state rows: {e}")))?,
+            None => state,
+        };
+        let source: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[vec![state.clone()]], state_schema, None)
+                .map_err(from_datafusion)?;
+        let finals = stages.stage(AggregateMode::Final, source)?;
+        let schema = finals.schema();
+        if unique && let Some(batch) = stages.finalize_unique(&state, &schema)? {
+            return Ok((vec![batch], schema));
+        }
+        let batches = collect(finals, context).await.map_err(from_datafusion)?;
+        let all = concat_batches(&schema, &batches)
+            .map_err(|e| Error::Internal(format!("joining results: {e}")))?;
+        let sorted = match sort_indices(&all, &order) {
+            Some((indices, _)) => take_record_batch(&all, &indices)
                 .map_err(|e| Error::Internal(format!("ordering results: {e}")))?,
             // Group columns of a type without an order: leave them as they are.
-            Err(_) => all,
+            None => all,
         };
         Ok((vec![sorted], schema))
     }
+}
+
+impl AggregateStages {
+    /// The final values of `state`, whose rows are each a different group:
+    /// row `i` is group `i` of every accumulator. `None` when an aggregate
+    /// has no groups accumulator or the result does not fit `schema`.
+    fn finalize_unique(
+        &self,
+        state: &RecordBatch,
+        schema: &SchemaRef,
+    ) -> Result<Option<RecordBatch>> {
+        let internal = |e: datafusion::error::DataFusionError| {
+            Error::Internal(format!("final aggregate values: {e}"))
+        };
+        let groups = self.group_count();
+        let rows = state.num_rows();
+        let identity: Vec<usize> = (0..rows).collect();
+        let mut columns: Vec<ArrayRef> = state.columns()[..groups].to_vec();
+        let mut at = groups;
+        for aggregate in &self.aggr_expr {
+            if !aggregate.groups_accumulator_supported() {
+                return Ok(None);
+            }
+            let width = aggregate.state_fields().map_err(internal)?.len();
+            let Some(values) = state.columns().get(at..at + width) else {
+                return Ok(None);
+            };
+            let mut accumulator = aggregate.create_groups_accumulator().map_err(internal)?;
+            accumulator
+                .merge_batch(values, &identity, rows)
+                .map_err(internal)?;
+            columns.push(accumulator.evaluate(EmitTo::All).map_err(internal)?);
+            at += width;
+        }
+        if at != state.num_columns() {
+            return Ok(None);
+        }
+        Ok(RecordBatch::try_new(schema.clone(), columns).ok())
+    }
+}
+
+/// The order of `batch`'s rows by the columns `order` (ascending, NULLs
+/// first) and whether no two rows are equal in those columns; `None` when
+/// a column's type has no order. The columns are
+/// encoded once in arrow's row format and rows compared as bytes, which
+/// costs a fraction of `lexsort`'s comparator per column and row.
+fn sort_indices(batch: &RecordBatch, order: &[usize]) -> Option<(UInt32Array, bool)> {
+    let columns: Vec<ArrayRef> = order.iter().map(|&i| batch.column(i).clone()).collect();
+    let fields = columns
+        .iter()
+        .map(|c| SortField::new(c.data_type().clone()))
+        .collect();
+    let rows = RowConverter::new(fields)
+        .ok()?
+        .convert_columns(&columns)
+        .ok()?;
+    // Group columns of fixed width (times, numbers) give rows of one width:
+    // up to 32 bytes, each row is two big-endian integers, compared
+    // without a call per comparison.
+    let width = rows.iter().next().map_or(0, |row| row.as_ref().len());
+    if width <= 32 {
+        let mut keys: Vec<(u128, u128, u32)> = Vec::with_capacity(rows.num_rows());
+        for (index, row) in rows.iter().enumerate() {
+            let bytes = row.as_ref();
+            if bytes.len() != width {
+                break;
+            }
+            let mut padded = [0u8; 32];
+            padded[..width].copy_from_slice(bytes);
+            let (high, low) = padded.split_at(16);
+            keys.push((
+                u128::from_be_bytes(high.try_into().ok()?),
+                u128::from_be_bytes(low.try_into().ok()?),
+                index as u32,
+            ));
+        }
+        if keys.len() == rows.num_rows() {
+            keys.sort_unstable();
+            let unique = keys
+                .windows(2)
+                .all(|w| (w[0].0, w[0].1) != (w[1].0, w[1].1));
+            let indices: Vec<u32> = keys.into_iter().map(|(_, _, index)| index).collect();
+            return Some((UInt32Array::from(indices), unique));
+        }
+    }
+    let mut indices: Vec<u32> = (0..rows.num_rows() as u32).collect();
+    indices.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    let unique = indices
+        .windows(2)
+        .all(|w| rows.row(w[0] as usize) != rows.row(w[1] as usize));
+    Some((UInt32Array::from(indices), unique))
 }
 
 /// Which groups to emit.
@@ -850,5 +948,197 @@ mod tests {
             sorted_rows(derived, &context).await,
             sorted_rows(plain, &context).await
         );
+    }
+
+    /// Final values computed row by row from unique state rows equal
+    /// DataFusion's `Final` stage, for aggregates of several state shapes;
+    /// state rows that repeat a group take the `Final` stage and are still
+    /// merged.
+    #[tokio::test]
+    async fn final_values_of_unique_state_rows_match_the_final_stage() {
+        use datafusion::arrow::array::{Float64Array, StringArray};
+
+        let context =
+            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Float64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![
+                    Some(3),
+                    Some(1),
+                    None,
+                    Some(3),
+                    Some(-2),
+                    Some(1),
+                    None,
+                ])),
+                Arc::new(Float64Array::from(vec![
+                    Some(1.5),
+                    None,
+                    Some(-2.0),
+                    Some(4.0),
+                    Some(0.0),
+                    Some(7.25),
+                    None,
+                ])),
+                Arc::new(StringArray::from(vec![
+                    Some("b"),
+                    Some("a"),
+                    None,
+                    Some("c"),
+                    Some("a"),
+                    None,
+                    Some("z"),
+                ])),
+            ],
+        )
+        .unwrap();
+        context.register_batch("t", batch).unwrap();
+        let plan = context
+            .sql(
+                "SELECT k, count(*) AS n, count(v) AS nv, sum(v) AS total, avg(v) AS mean, \
+                 min(s) AS low, max(v) AS high FROM t GROUP BY k",
+            )
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let stages = AggregateStages::find(&plan).unwrap();
+        let partial = stages
+            .stage(AggregateMode::Partial, stages.input.clone())
+            .unwrap();
+        let state_schema = partial.schema();
+        let state = collect(partial, context.task_ctx()).await.unwrap();
+        let expected = {
+            let source = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+                &[state.clone()],
+                state_schema.clone(),
+                None,
+            )
+            .unwrap();
+            sorted_rows(
+                stages.stage(AggregateMode::Final, source).unwrap(),
+                &context,
+            )
+            .await
+        };
+        let as_text = |batches: &[RecordBatch]| pretty_format_batches(batches).unwrap().to_string();
+        // The partial stage ran on two partitions: merge its rows into one
+        // row per group first, as the state keeps them.
+        let source = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &[state.clone()],
+            state_schema.clone(),
+            None,
+        )
+        .unwrap();
+        let unique = collect(
+            stages.stage(AggregateMode::PartialReduce, source).unwrap(),
+            context.task_ctx(),
+        )
+        .await
+        .unwrap();
+        let merged = concat_batches(&state_schema, &unique).unwrap();
+        let (finals, schema) = super::AggregateState::finalize(
+            &stages,
+            vec![merged.clone()],
+            state_schema.clone(),
+            context.task_ctx(),
+        )
+        .await
+        .unwrap();
+        let (_, was_unique) = super::sort_indices(&merged, &[0]).unwrap();
+        assert!(was_unique);
+        assert!(stages.finalize_unique(&merged, &schema).unwrap().is_some());
+        assert_eq!(finals[0].num_rows(), 4);
+        let mut lines: Vec<String> = as_text(&finals).lines().map(str::to_string).collect();
+        lines.sort();
+        assert_eq!(lines.join("\n"), expected);
+        // Each group in two state rows: the Final stage merges them.
+        let doubled = vec![merged.clone(), merged];
+        let expected = {
+            let source = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+                &[doubled.clone()],
+                state_schema.clone(),
+                None,
+            )
+            .unwrap();
+            sorted_rows(
+                stages.stage(AggregateMode::Final, source).unwrap(),
+                &context,
+            )
+            .await
+        };
+        let (repeated, _) =
+            super::AggregateState::finalize(&stages, doubled, state_schema, context.task_ctx())
+                .await
+                .unwrap();
+        assert_eq!(repeated[0].num_rows(), 4);
+        let mut lines: Vec<String> = as_text(&repeated).lines().map(str::to_string).collect();
+        lines.sort();
+        assert_eq!(lines.join("\n"), expected);
+    }
+
+    /// Rows of (window start, key, optional text) with NULLs and negative
+    /// numbers, and whether to include the text column (rows of varying
+    /// width, which take the comparator path).
+    fn group_rows()
+    -> impl proptest::strategy::Strategy<Value = (Vec<(Option<i64>, Option<i64>, Option<String>)>, bool)>
+    {
+        use proptest::prelude::*;
+        let row = (
+            proptest::option::weighted(0.9, -3i64..3),
+            proptest::option::weighted(0.9, prop_oneof![-2i64..2, Just(i64::MIN), Just(i64::MAX)]),
+            proptest::option::weighted(0.8, "[a-c]{0,3}"),
+        );
+        (proptest::collection::vec(row, 0..60), any::<bool>())
+    }
+
+    proptest::proptest! {
+        /// The emit order is the order of arrow's `lexsort` by the same
+        /// columns, whichever way the rows are compared.
+        #[test]
+        fn emitted_rows_sort_as_lexsort_does((rows, with_text) in group_rows()) {
+            use datafusion::arrow::array::{ArrayRef, StringArray};
+            use datafusion::arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+
+            let start: ArrayRef = Arc::new(TimestampMillisecondArray::from(
+                rows.iter().map(|r| r.0.map(|w| w * 2000)).collect::<Vec<_>>(),
+            ));
+            let key: ArrayRef = Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>()));
+            let mut fields = vec![
+                Field::new("key", DataType::Int64, true),
+                Field::new("window_start", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            ];
+            let mut columns = vec![key, start];
+            if with_text {
+                fields.push(Field::new("text", DataType::Utf8, true));
+                columns.push(Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
+                )));
+            }
+            let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+            let order: Vec<usize> = if with_text { vec![1, 0, 2] } else { vec![1, 0] };
+            let (got, unique) = super::sort_indices(&batch, &order).unwrap();
+            let distinct: std::collections::HashSet<_> = rows
+                .iter()
+                .map(|r| (r.0, r.1, if with_text { r.2.clone() } else { None }))
+                .collect();
+            proptest::prop_assert_eq!(unique, distinct.len() == rows.len());
+            let sort_columns: Vec<SortColumn> = order
+                .iter()
+                .map(|&i| SortColumn { values: batch.column(i).clone(), options: None })
+                .collect();
+            let want = lexsort_to_indices(&sort_columns, None).unwrap();
+            proptest::prop_assert_eq!(
+                take_record_batch(&batch, &got).unwrap(),
+                take_record_batch(&batch, &want).unwrap()
+            );
+        }
     }
 }
