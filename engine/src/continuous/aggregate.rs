@@ -1017,7 +1017,7 @@ mod tests {
         let state = collect(partial, context.task_ctx()).await.unwrap();
         let expected = {
             let source = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-                &[state.clone()],
+                std::slice::from_ref(&state),
                 state_schema.clone(),
                 None,
             )
@@ -1032,7 +1032,7 @@ mod tests {
         // The partial stage ran on two partitions: merge its rows into one
         // row per group first, as the state keeps them.
         let source = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-            &[state.clone()],
+            std::slice::from_ref(&state),
             state_schema.clone(),
             None,
         )
@@ -1063,7 +1063,7 @@ mod tests {
         let doubled = vec![merged.clone(), merged];
         let expected = {
             let source = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-                &[doubled.clone()],
+                std::slice::from_ref(&doubled),
                 state_schema.clone(),
                 None,
             )
@@ -1084,12 +1084,12 @@ mod tests {
         assert_eq!(lines.join("\n"), expected);
     }
 
+    type GroupRow = (Option<i64>, Option<i64>, Option<String>);
+
     /// Rows of (window start, key, optional text) with NULLs and negative
     /// numbers, and whether to include the text column (rows of varying
     /// width, which take the comparator path).
-    fn group_rows()
-    -> impl proptest::strategy::Strategy<Value = (Vec<(Option<i64>, Option<i64>, Option<String>)>, bool)>
-    {
+    fn group_rows() -> impl proptest::strategy::Strategy<Value = (Vec<GroupRow>, bool)> {
         use proptest::prelude::*;
         let row = (
             proptest::option::weighted(0.9, -3i64..3),
