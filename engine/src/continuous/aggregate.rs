@@ -886,10 +886,12 @@ mod tests {
 
     /// The state rows of `plan`, sorted, as text.
     async fn sorted_rows(plan: Arc<dyn ExecutionPlan>, context: &SessionContext) -> String {
-        let schema = plan.schema();
-        let rows =
-            concat_batches(&schema, &collect(plan, context.task_ctx()).await.unwrap()).unwrap();
-        let mut lines: Vec<String> = pretty_format_batches(&[rows])
+        sorted_text(&collect(plan, context.task_ctx()).await.unwrap())
+    }
+
+    /// The lines of `batches` as a table, sorted.
+    fn sorted_text(batches: &[RecordBatch]) -> String {
+        let mut lines: Vec<String> = pretty_format_batches(batches)
             .unwrap()
             .to_string()
             .lines()
@@ -1015,73 +1017,41 @@ mod tests {
             .unwrap();
         let state_schema = partial.schema();
         let state = collect(partial, context.task_ctx()).await.unwrap();
-        let expected = {
+        let run = |mode: AggregateMode, state: Vec<RecordBatch>| {
             let source = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-                std::slice::from_ref(&state),
+                &[state],
                 state_schema.clone(),
                 None,
             )
             .unwrap();
-            sorted_rows(
-                stages.stage(AggregateMode::Final, source).unwrap(),
-                &context,
-            )
-            .await
+            stages.stage(mode, source).unwrap()
         };
-        let as_text = |batches: &[RecordBatch]| pretty_format_batches(batches).unwrap().to_string();
-        // The partial stage ran on two partitions: merge its rows into one
-        // row per group first, as the state keeps them.
-        let source = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-            std::slice::from_ref(&state),
-            state_schema.clone(),
-            None,
-        )
-        .unwrap();
-        let unique = collect(
-            stages.stage(AggregateMode::PartialReduce, source).unwrap(),
-            context.task_ctx(),
-        )
-        .await
-        .unwrap();
+        // The partial stage may give a group several rows: merge them into
+        // one row per group first, as the state keeps them.
+        let unique = collect(run(AggregateMode::PartialReduce, state), context.task_ctx())
+            .await
+            .unwrap();
         let merged = concat_batches(&state_schema, &unique).unwrap();
-        let (finals, schema) = super::AggregateState::finalize(
-            &stages,
-            vec![merged.clone()],
-            state_schema.clone(),
-            context.task_ctx(),
-        )
-        .await
-        .unwrap();
         let (_, was_unique) = super::sort_indices(&merged, &[0]).unwrap();
         assert!(was_unique);
-        assert!(stages.finalize_unique(&merged, &schema).unwrap().is_some());
-        assert_eq!(finals[0].num_rows(), 4);
-        let mut lines: Vec<String> = as_text(&finals).lines().map(str::to_string).collect();
-        lines.sort();
-        assert_eq!(lines.join("\n"), expected);
-        // Each group in two state rows: the Final stage merges them.
-        let doubled = vec![merged.clone(), merged];
-        let expected = {
-            let source = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-                std::slice::from_ref(&doubled),
+        // Then each group in one state row (the row-by-row path), and in
+        // two (the Final stage merges them).
+        for state in [vec![merged.clone()], vec![merged.clone(), merged.clone()]] {
+            let expected = sorted_rows(run(AggregateMode::Final, state.clone()), &context).await;
+            let (finals, schema) = super::AggregateState::finalize(
+                &stages,
+                state.clone(),
                 state_schema.clone(),
-                None,
-            )
-            .unwrap();
-            sorted_rows(
-                stages.stage(AggregateMode::Final, source).unwrap(),
-                &context,
+                context.task_ctx(),
             )
             .await
-        };
-        let (repeated, _) =
-            super::AggregateState::finalize(&stages, doubled, state_schema, context.task_ctx())
-                .await
-                .unwrap();
-        assert_eq!(repeated[0].num_rows(), 4);
-        let mut lines: Vec<String> = as_text(&repeated).lines().map(str::to_string).collect();
-        lines.sort();
-        assert_eq!(lines.join("\n"), expected);
+            .unwrap();
+            if state.len() == 1 {
+                assert!(stages.finalize_unique(&merged, &schema).unwrap().is_some());
+            }
+            assert_eq!(finals[0].num_rows(), 4);
+            assert_eq!(sorted_text(&finals), expected);
+        }
     }
 
     type GroupRow = (Option<i64>, Option<i64>, Option<String>);
