@@ -901,14 +901,31 @@ mod tests {
         lines.join("\n")
     }
 
+    /// A two-partition session holding `batch` as table `t`, and the
+    /// physical plan of `sql` over it.
+    async fn physical_plan(
+        batch: RecordBatch,
+        sql: &str,
+    ) -> (SessionContext, Arc<dyn ExecutionPlan>) {
+        let context =
+            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        context.register_batch("t", batch).unwrap();
+        let plan = context
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        (context, plan)
+    }
+
     /// A `window_end` computed as `window_start` plus a constant is left out
     /// of the partial stage's keys and added back after: the same state
     /// rows as the plain stage, on both sides of zero and across window
     /// boundaries.
     #[tokio::test]
     async fn a_derived_window_end_is_not_a_group_key() {
-        let context =
-            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
         let schema = Arc::new(Schema::new(vec![
             Field::new("price", DataType::Int64, false),
             Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
@@ -924,18 +941,13 @@ mod tests {
             ],
         )
         .unwrap();
-        context.register_batch("t", batch).unwrap();
-        let plan = context
-            .sql(
-                "SELECT max(price) AS top, count(*) AS n, window_end FROM (SELECT price, ts AS \
+        let (context, plan) = physical_plan(
+            batch,
+            "SELECT max(price) AS top, count(*) AS n, window_end FROM (SELECT price, ts AS \
                  window_start, ts + arrow_cast(10000, 'Duration(Millisecond)') AS window_end \
                  FROM t) GROUP BY window_start, window_end",
-            )
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        )
+        .await;
         let stages = AggregateStages::find(&plan).unwrap();
         let derived = stages.partial(stages.input.clone()).unwrap();
         let projection = derived
@@ -960,8 +972,6 @@ mod tests {
     async fn final_values_of_unique_state_rows_match_the_final_stage() {
         use datafusion::arrow::array::{Float64Array, StringArray};
 
-        let context =
-            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Int64, true),
             Field::new("v", DataType::Float64, true),
@@ -1000,17 +1010,12 @@ mod tests {
             ],
         )
         .unwrap();
-        context.register_batch("t", batch).unwrap();
-        let plan = context
-            .sql(
-                "SELECT k, count(*) AS n, count(v) AS nv, sum(v) AS total, avg(v) AS mean, \
+        let (context, plan) = physical_plan(
+            batch,
+            "SELECT k, count(*) AS n, count(v) AS nv, sum(v) AS total, avg(v) AS mean, \
                  min(s) AS low, max(v) AS high FROM t GROUP BY k",
-            )
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        )
+        .await;
         let stages = AggregateStages::find(&plan).unwrap();
         let partial = stages
             .stage(AggregateMode::Partial, stages.input.clone())
