@@ -21,7 +21,6 @@ use datafusion::arrow::array::{
     RecordBatchOptions, StringBuilder, TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
-use memchr::memchr2;
 
 /// Nesting deeper than this in a skipped value is left to arrow-json.
 const MAX_DEPTH: usize = 64;
@@ -68,6 +67,8 @@ pub(crate) struct ProjectedJson {
     builders: Vec<Builder>,
     slots: Vec<Slot>,
     rows: usize,
+    /// The quotes and backslashes of the value being read ([`mark_quotes`]).
+    marks: Vec<u64>,
 }
 
 impl std::fmt::Debug for ProjectedJson {
@@ -107,6 +108,7 @@ impl ProjectedJson {
             builders: Vec::new(),
             kinds,
             rows: 0,
+            marks: Vec::new(),
         };
         decoder.builders = decoder.new_builders(0);
         Some(decoder)
@@ -132,20 +134,25 @@ impl ProjectedJson {
     /// path (or not valid JSON); the rows pushed so far are then in an
     /// unknown state, and the caller must [`ProjectedJson::reset`].
     pub(crate) fn push(&mut self, value: &[u8]) -> bool {
-        // `is_ascii` is a fast SIMD pass; only other text needs the full check.
-        if !value.is_ascii() && std::str::from_utf8(value).is_err() {
+        // One pass finds every quote and backslash and tells whether the
+        // value is ASCII; only other text needs the full UTF-8 check.
+        let ascii = mark_quotes(value, &mut self.marks);
+        if !ascii && std::str::from_utf8(value).is_err() {
             return false;
         }
         self.slots.fill(Slot::Missing);
+        let marks = std::mem::take(&mut self.marks);
         let mut reader = Reader {
             bytes: value,
+            marks: &marks,
             at: 0,
         };
-        if !self.read_object(&mut reader) {
-            return false;
-        }
-        reader.skip_whitespace();
-        if reader.at != value.len() {
+        let whole = self.read_object(&mut reader) && {
+            reader.skip_whitespace();
+            reader.at == value.len()
+        };
+        self.marks = marks;
+        if !whole {
             return false;
         }
         for (field, slot) in self.slots.iter().enumerate() {
@@ -298,26 +305,89 @@ fn read_wanted(reader: &mut Reader<'_>, kind: Kind) -> Option<Slot> {
     }
 }
 
-/// The first `"` or `\\` in `bytes`. Keys and most values are short: a
-/// plain loop over the first bytes beats setting up a SIMD search.
-fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
-    const SHORT: usize = 16;
-    let head = &bytes[..bytes.len().min(SHORT)];
-    if let Some(at) = head.iter().position(|&b| b == b'"' || b == b'\\') {
-        return Some(at);
+/// Marks every `"` and `\\` of `value` in `marks`, a bit per byte (bit
+/// `i % 64` of word `i / 64`), and says whether `value` is ASCII. One pass
+/// of 64 bytes at a time, so that finding the end of a string is a bit
+/// scan rather than a byte loop.
+fn mark_quotes(value: &[u8], marks: &mut Vec<u64>) -> bool {
+    marks.clear();
+    let mut high = 0u8;
+    let mut chunks = value.chunks_exact(64);
+    for chunk in &mut chunks {
+        let block: &[u8; 64] = chunk.try_into().unwrap_or(&[0; 64]);
+        let (word, block_high) = mark_block(block);
+        marks.push(word);
+        high |= block_high;
     }
-    if bytes.len() <= SHORT {
-        return None;
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        // Zero padding: neither a quote, a backslash nor high.
+        let mut block = [0u8; 64];
+        block[..rest.len()].copy_from_slice(rest);
+        let (word, block_high) = mark_block(&block);
+        marks.push(word);
+        high |= block_high;
     }
-    memchr2(b'"', b'\\', &bytes[SHORT..]).map(|at| at + SHORT)
+    high == 0
+}
+
+/// The quote-or-backslash bits of 64 bytes, and a nonzero byte if any of
+/// them is not ASCII. SSE2, which every x86-64 processor has.
+#[cfg(target_arch = "x86_64")]
+fn mark_block(block: &[u8; 64]) -> (u64, u8) {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    let mut word = 0u64;
+    let mut high = 0i32;
+    // SAFETY: SSE2 is part of the x86-64 baseline, and each load reads 16
+    // bytes inside `block` (unaligned loads).
+    unsafe {
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let backslash = _mm_set1_epi8(b'\\' as i8);
+        for lane in 0..4 {
+            let bytes = _mm_loadu_si128(block.as_ptr().add(16 * lane).cast::<__m128i>());
+            let hits = _mm_or_si128(
+                _mm_cmpeq_epi8(bytes, quote),
+                _mm_cmpeq_epi8(bytes, backslash),
+            );
+            word |= u64::from(_mm_movemask_epi8(hits) as u16) << (16 * lane);
+            high |= _mm_movemask_epi8(bytes);
+        }
+    }
+    (word, u8::from(high != 0))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn mark_block(block: &[u8; 64]) -> (u64, u8) {
+    let mut word = 0u64;
+    let mut high = 0u8;
+    for (i, &byte) in block.iter().enumerate() {
+        word |= u64::from(byte == b'"' || byte == b'\\') << i;
+        high |= byte & 0x80;
+    }
+    (word, high)
 }
 
 struct Reader<'a> {
     bytes: &'a [u8],
+    /// The quotes and backslashes of `bytes` ([`mark_quotes`]).
+    marks: &'a [u64],
     at: usize,
 }
 
 impl Reader<'_> {
+    /// The first `"` or `\\` at or after `from`.
+    fn next_quote_or_backslash(&self, from: usize) -> Option<usize> {
+        let mut word = from / 64;
+        let mut bits = self.marks.get(word)? & (u64::MAX << (from % 64));
+        while bits == 0 {
+            word += 1;
+            bits = *self.marks.get(word)?;
+        }
+        Some(word * 64 + bits.trailing_zeros() as usize)
+    }
+
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.at).copied()
     }
@@ -359,9 +429,8 @@ impl Reader<'_> {
             return None;
         }
         let start = self.at;
-        let rest = &self.bytes[start..];
         // Raw control characters pass, as arrow-json lets them.
-        let end = start + find_quote_or_backslash(rest)?;
+        let end = self.next_quote_or_backslash(start)?;
         if self.bytes[end] != b'"' {
             return None;
         }
@@ -376,11 +445,10 @@ impl Reader<'_> {
             return false;
         }
         loop {
-            let rest = &self.bytes[self.at..];
-            let Some(offset) = find_quote_or_backslash(rest) else {
+            let Some(at) = self.next_quote_or_backslash(self.at) else {
                 return false;
             };
-            self.at += offset;
+            self.at = at;
             if self.bytes[self.at] == b'"' {
                 self.at += 1;
                 return true;
@@ -586,6 +654,9 @@ mod tests {
             Just(i64::MAX.to_string()),
             Just("-9223372036854775809".to_string()),
             "[a-z ]{0,8}".prop_map(|s| format!("\"{s}\"")),
+            // Long enough to cross the 64-byte blocks of `mark_quotes`,
+            // with escaped quotes and backslashes anywhere.
+            r#"(?:[a-z ]|\\"|\\\\){0,100}"#.prop_map(|s| format!("\"{s}\"")),
             Just(r#""tab\tquote\" slash\/ back\\""#.to_string()),
             Just(r#""\u00e9""#.to_string()),
             Just("\"2026-01-01T00:00:00Z\"".to_string()),
@@ -619,6 +690,7 @@ mod tests {
             "f" => any::<i32>().prop_map(|v| v.to_string()).boxed(),
             "b" => prop_oneof![
                 "[a-z :/?=]{0,12}".prop_map(|s| format!("\"{s}\"")),
+                "[a-z :/?=]{50,150}".prop_map(|s| format!("\"{s}\"")),
                 Just("\"caf\u{e9} \u{1F600}\"".to_string()),
             ]
             .boxed(),
@@ -679,6 +751,30 @@ mod tests {
                 prop_assert_eq!(fast.num_rows(), values.len());
                 if !projection.is_empty() {
                     prop_assert_eq!(&fast, &slow, "values {:?}", texts);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// The SIMD pass marks exactly the quotes and backslashes, and
+        /// tells ASCII as `is_ascii` does.
+        #[test]
+        fn marks_every_quote_and_backslash(
+            value in prop::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'\\'), Just(b'a'), Just(0x80u8), any::<u8>()],
+                0..300,
+            ),
+        ) {
+            let mut marks = Vec::new();
+            let ascii = super::mark_quotes(&value, &mut marks);
+            prop_assert_eq!(ascii, value.is_ascii());
+            prop_assert_eq!(marks.len(), value.len().div_ceil(64));
+            for (i, word) in marks.iter().enumerate() {
+                for bit in 0..64 {
+                    let marked = word >> bit & 1 == 1;
+                    let byte = value.get(64 * i + bit).copied();
+                    prop_assert_eq!(marked, matches!(byte, Some(b'"' | b'\\')), "byte {}", 64 * i + bit);
                 }
             }
         }
