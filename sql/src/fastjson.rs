@@ -312,14 +312,12 @@ fn read_wanted(reader: &mut Reader<'_>, kind: Kind) -> Option<Slot> {
 fn mark_quotes(value: &[u8], marks: &mut Vec<u64>) -> bool {
     marks.clear();
     let mut high = 0u8;
-    let mut chunks = value.chunks_exact(64);
-    for chunk in &mut chunks {
-        let block: &[u8; 64] = chunk.try_into().unwrap_or(&[0; 64]);
+    let (blocks, rest) = value.as_chunks::<64>();
+    for block in blocks {
         let (word, block_high) = mark_block(block);
         marks.push(word);
         high |= block_high;
     }
-    let rest = chunks.remainder();
     if !rest.is_empty() {
         // Zero padding: neither a quote, a backslash nor high.
         let mut block = [0u8; 64];

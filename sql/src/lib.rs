@@ -49,7 +49,7 @@ pub use parser::{
 };
 pub use scan::{
     EventTimeFilter, LogScanExec, PartitionRange, ScanContext, ScanReport, Snapshot,
-    StreamProvider, TopicOffsets,
+    StreamProvider, TopicOffsets, thread_cpu_nanos,
 };
 pub use window::{
     HopStarts, Panes, WINDOW_END, WINDOW_START, WindowFunction, WindowKind, WindowRelationPlanner,

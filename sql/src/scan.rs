@@ -1268,9 +1268,9 @@ impl RangeReader {
     }
 }
 
-/// CPU time of the calling thread: scan threads share cores, so wall time
-/// would charge one thread for another's work.
-fn thread_cpu_nanos() -> u64 {
+/// CPU time of the calling thread, in nanoseconds: scan threads share
+/// cores, so wall time would charge one thread for another's work.
+pub fn thread_cpu_nanos() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

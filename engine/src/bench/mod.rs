@@ -119,7 +119,7 @@ fn bid_schema() -> Schema {
 /// stretches wall-clock time) does not lower the limit.
 fn decode_limit(bids: &[(i64, Vec<u8>)]) -> Result<f64> {
     let schema = Arc::new(bid_schema());
-    let started = thread_cpu_s();
+    let started = sluice_sql::thread_cpu_nanos();
     let mut decoder = ReaderBuilder::new(schema)
         .with_batch_size(8192)
         .build_decoder()
@@ -138,17 +138,8 @@ fn decode_limit(bids: &[(i64, Vec<u8>)]) -> Result<f64> {
             rows += batch.num_rows();
         }
     }
-    Ok(rows as f64 / (thread_cpu_s() - started).max(1e-9))
-}
-
-/// CPU seconds used by the calling thread so far.
-fn thread_cpu_s() -> f64 {
-    // SAFETY: clock_gettime only writes the struct we pass.
-    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
-        return 0.0;
-    }
-    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+    let cpu_s = sluice_sql::thread_cpu_nanos().saturating_sub(started) as f64 / 1e9;
+    Ok(rows as f64 / cpu_s.max(1e-9))
 }
 
 /// Decodes every value with arrow-json on `threads` threads at once;
