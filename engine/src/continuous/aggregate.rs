@@ -38,6 +38,7 @@ use datafusion::physical_plan::udaf::AggregateFunctionExpr;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use sluice_sql::{Panes, WINDOW_END, WINDOW_START, from_datafusion};
 
+use super::runs::RunPartialExec;
 use crate::error::{Error, Result};
 
 /// The aggregate of one trigger's plan, taken apart into its stages.
@@ -125,30 +126,52 @@ impl AggregateStages {
             .position(|(_, name)| name == column || name.ends_with(&qualified))
     }
 
-    /// The `Partial` stage over `input`. When the aggregate groups by both
-    /// `window_start` and `window_end` and the end is computed from the
-    /// start plus a constant (TUMBLE and HOP), the stage groups by the
-    /// start alone, one key column fewer to hash and compare per row (for
-    /// a plain TUMBLE, DataFusion's single-column group table), and adds
-    /// the end to its output after: the same layout as the plain stage.
-    fn partial(&self, input: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-        let plain = self.stage(AggregateMode::Partial, input.clone())?;
+    /// The `Partial` stage over `input`, leaving out the rows of windows
+    /// that start at or before `open_after` (those closed already).
+    ///
+    /// When the aggregate groups by both `window_start` and `window_end`
+    /// and the end is computed from the start plus a constant (TUMBLE and
+    /// HOP), the stage groups by the start alone, one key column fewer to
+    /// hash and compare per row, and adds the end to its output after: the
+    /// same layout as the plain stage. When the start is then the only key,
+    /// the stage groups rows by runs of equal starts instead of hashing
+    /// each row ([`RunPartialExec`]).
+    fn partial(
+        &self,
+        input: Arc<dyn ExecutionPlan>,
+        open_after: Option<i64>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let filtered = self.open_rows(input.clone(), open_after)?;
+        let plain = self.stage(AggregateMode::Partial, filtered.clone())?;
         let Some((start, end, size)) = self.derived_window_end() else {
             return Ok(plain);
         };
         let mut keys = self.group_by.expr().to_vec();
         keys.remove(end);
-        let narrow: Arc<dyn ExecutionPlan> = Arc::new(
+        let mut narrow: Arc<dyn ExecutionPlan> = Arc::new(
             AggregateExec::try_new(
                 AggregateMode::Partial,
-                PhysicalGroupBy::new_single(keys),
+                PhysicalGroupBy::new_single(keys.clone()),
                 self.aggr_expr.clone(),
                 self.filter_expr.clone(),
-                input,
+                filtered,
                 self.input.schema(),
             )
             .map_err(from_datafusion)?,
         );
+        if let [(key, _)] = keys.as_slice()
+            && let Some(runs) = RunPartialExec::try_new(
+                input,
+                key.clone(),
+                self.aggr_expr.clone(),
+                self.filter_expr.clone(),
+                open_after,
+                narrow.schema(),
+            )
+            .map_err(from_datafusion)?
+        {
+            narrow = Arc::new(runs);
+        }
         let narrow_schema = narrow.schema();
         let column = |index: usize| -> Arc<dyn PhysicalExpr> {
             Arc::new(Column::new(narrow_schema.field(index).name(), index))
@@ -176,6 +199,28 @@ impl AggregateStages {
         } else {
             plain
         })
+    }
+
+    /// `input` without the rows of windows that start at or before
+    /// `open_after`, when the aggregate groups by `window_start`.
+    fn open_rows(
+        &self,
+        input: Arc<dyn ExecutionPlan>,
+        open_after: Option<i64>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (Some(bound), Some(index)) = (open_after, self.window_start_group()) else {
+            return Ok(input);
+        };
+        let start = self.group_by.expr()[index].0.clone();
+        let bound = ScalarValue::TimestampMillisecond(Some(bound), None);
+        let open = Arc::new(BinaryExpr::new(
+            start,
+            Operator::Gt,
+            Arc::new(Literal::new(bound)),
+        ));
+        Ok(Arc::new(
+            FilterExec::try_new(open, input).map_err(from_datafusion)?,
+        ))
     }
 
     /// When `window_end` is grouped and computed as `window_start` plus a
@@ -359,7 +404,7 @@ impl AggregateState {
                 let schema = stages
                     .stage(AggregateMode::Partial, stages.input.clone())?
                     .schema();
-                let partial = pane_stages.partial(pane_stages.input.clone())?;
+                let partial = pane_stages.partial(pane_stages.input.clone(), None)?;
                 if !same_layout(&partial.schema(), &schema) {
                     return Err(Error::Internal(format!(
                         "the pane plan's states ({:?}) differ from the query's ({schema:?})",
@@ -383,20 +428,13 @@ impl AggregateState {
                 (windows, schema)
             }
             None => {
-                let mut input = stages.input.clone();
-                if let (Some(watermark), Some(WindowClose::Fixed { size_ms }), Some(index)) =
-                    (closed_before, window, stages.window_start_group())
-                {
-                    let start = stages.group_by.expr()[index].0.clone();
-                    let bound = ScalarValue::TimestampMillisecond(Some(watermark - size_ms), None);
-                    let open = Arc::new(BinaryExpr::new(
-                        start,
-                        Operator::Gt,
-                        Arc::new(Literal::new(bound)),
-                    ));
-                    input = Arc::new(FilterExec::try_new(open, input).map_err(from_datafusion)?);
-                }
-                let partial = stages.partial(input)?;
+                let open_after = match (closed_before, window) {
+                    (Some(watermark), Some(WindowClose::Fixed { size_ms })) => {
+                        Some(watermark - size_ms)
+                    }
+                    _ => None,
+                };
+                let partial = stages.partial(stages.input.clone(), open_after)?;
                 let schema = partial.schema();
                 let partials: Vec<RecordBatch> = collect(partial, context.clone())
                     .await
@@ -877,7 +915,7 @@ mod tests {
     use datafusion::arrow::compute::concat_batches;
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use datafusion::arrow::util::pretty::pretty_format_batches;
-    use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+    use datafusion::physical_plan::aggregates::AggregateMode;
     use datafusion::physical_plan::projection::ProjectionExec;
     use datafusion::physical_plan::{ExecutionPlan, collect};
     use datafusion::prelude::{SessionConfig, SessionContext};
@@ -949,12 +987,14 @@ mod tests {
         )
         .await;
         let stages = AggregateStages::find(&plan).unwrap();
-        let derived = stages.partial(stages.input.clone()).unwrap();
+        let derived = stages.partial(stages.input.clone(), None).unwrap();
         let projection = derived
             .downcast_ref::<ProjectionExec>()
             .expect("the partial stage adds the window end after aggregating");
-        let narrow = projection.input().downcast_ref::<AggregateExec>().unwrap();
-        assert_eq!(narrow.group_expr().expr().len(), 1);
+        assert!(
+            projection.input().is::<super::RunPartialExec>(),
+            "grouped by the window alone: rows are grouped by runs"
+        );
         let plain = stages
             .stage(AggregateMode::Partial, stages.input.clone())
             .unwrap();
@@ -962,6 +1002,91 @@ mod tests {
             sorted_rows(derived, &context).await,
             sorted_rows(plain, &context).await
         );
+    }
+
+    /// Rows of (price, window in tens of seconds, name) for the run stage:
+    /// NULLs, windows out of order, and runs of one window.
+    fn window_rows()
+    -> impl proptest::strategy::Strategy<Value = Vec<(Option<i64>, Option<i64>, Option<String>)>>
+    {
+        use proptest::prelude::*;
+        let row = (
+            proptest::option::weighted(0.9, -50i64..50),
+            proptest::option::weighted(0.95, -2i64..4),
+            proptest::option::weighted(0.8, "[a-c]{0,2}"),
+        );
+        proptest::collection::vec((row, 1usize..20), 0..12).prop_map(|runs| {
+            runs.into_iter()
+                .flat_map(|(row, repeat)| std::iter::repeat_n(row, repeat))
+                .collect()
+        })
+    }
+
+    /// The run stage gives the plain `Partial` stage's state rows (the
+    /// window end added back), with or without closed windows left out;
+    /// an aggregate it cannot take (one with an `ORDER BY`) keeps DataFusion's stage.
+    #[test]
+    fn the_run_stage_gives_the_plain_stages_states() {
+        use datafusion::arrow::array::StringArray;
+        use proptest::test_runner::{Config, TestRunner};
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let strategy = (window_rows(), proptest::option::of(-3i64..4));
+        TestRunner::new(Config::with_cases(64))
+            .run(&strategy, |(rows, open_after)| {
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("price", DataType::Int64, true),
+                    Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+                    Field::new("name", DataType::Utf8, true),
+                ]));
+                let batch = RecordBatch::try_new(
+                    schema,
+                    vec![
+                        Arc::new(Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                        Arc::new(TimestampMillisecondArray::from(
+                            rows.iter().map(|r| r.1.map(|w| w * 10_000)).collect::<Vec<_>>(),
+                        )),
+                        Arc::new(StringArray::from(rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>())),
+                    ],
+                )
+                .unwrap();
+                let open_after = open_after.map(|w| w * 10_000);
+                for (aggregates, runs) in [
+                    (
+                        "max(price) AS top, count(*) AS n, sum(price) FILTER (WHERE price > 0) AS up, \
+                         avg(price) AS mean, min(name) AS first, count(name) AS names",
+                        true,
+                    ),
+                    ("first_value(price ORDER BY name) AS first_price", false),
+                ] {
+                    let sql = format!(
+                        "SELECT {aggregates}, window_end FROM (SELECT price, name, ts AS \
+                         window_start, ts + arrow_cast(10000, 'Duration(Millisecond)') AS \
+                         window_end FROM t) GROUP BY window_start, window_end"
+                    );
+                    let (got, want, used_runs) = runtime.block_on(async {
+                        let (context, plan) = physical_plan(batch.clone(), &sql).await;
+                        let stages = AggregateStages::find(&plan).unwrap();
+                        let derived = stages.partial(stages.input.clone(), open_after).unwrap();
+                        let used_runs = derived
+                            .downcast_ref::<ProjectionExec>()
+                            .is_some_and(|p| p.input().is::<super::RunPartialExec>());
+                        let filtered = stages.open_rows(stages.input.clone(), open_after).unwrap();
+                        let plain = stages.stage(AggregateMode::Partial, filtered).unwrap();
+                        (
+                            sorted_rows(derived, &context).await,
+                            sorted_rows(plain, &context).await,
+                            used_runs,
+                        )
+                    });
+                    proptest::prop_assert_eq!(used_runs, runs);
+                    proptest::prop_assert_eq!(got, want);
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 
     /// Final values computed row by row from unique state rows equal

@@ -9,6 +9,7 @@
 
 pub(crate) mod aggregate;
 pub(crate) mod runner;
+pub(crate) mod runs;
 pub(crate) mod watermark;
 
 use std::pin::Pin;
