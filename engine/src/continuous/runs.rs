@@ -24,14 +24,13 @@ use datafusion::arrow::compute::filter;
 use datafusion::arrow::datatypes::{
     DataType, Int64Type, SchemaRef, TimeUnit, TimestampMillisecondType,
 };
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{DataFusionError, internal_err};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, internal_datafusion_err, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
-use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::projection::{ProjectionExec, update_expr};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::udaf::AggregateFunctionExpr;
 use datafusion::physical_plan::{
@@ -95,9 +94,11 @@ impl RunPartialExec {
         let (mut input, mut key, mut filters) = (input, key, filters);
         // Read under a projection: its unused columns are never computed.
         if let Some(projection) = input.downcast_ref::<ProjectionExec>() {
-            let exprs: Vec<Arc<dyn PhysicalExpr>> =
-                projection.expr().iter().map(|e| e.expr.clone()).collect();
-            let inline = |expr: &Arc<dyn PhysicalExpr>| inline_columns(expr, &exprs);
+            let inline = |expr: &Arc<dyn PhysicalExpr>| {
+                update_expr(expr, projection.expr(), true)?.ok_or_else(|| {
+                    internal_datafusion_err!("{expr} does not read through the projection")
+                })
+            };
             key = inline(&key)?;
             for expressions in &mut arguments {
                 for expr in expressions.iter_mut() {
@@ -133,24 +134,6 @@ fn is_i64_like(data_type: &DataType) -> bool {
         data_type,
         DataType::Int64 | DataType::Timestamp(TimeUnit::Millisecond, _)
     )
-}
-
-/// `expr` with each column reference replaced by the expression of that
-/// column in `exprs` (a projection's).
-fn inline_columns(
-    expr: &Arc<dyn PhysicalExpr>,
-    exprs: &[Arc<dyn PhysicalExpr>],
-) -> DfResult<Arc<dyn PhysicalExpr>> {
-    Ok(expr
-        .clone()
-        .transform_up(|node| match node.downcast_ref::<Column>() {
-            Some(column) => match exprs.get(column.index()) {
-                Some(inner) => Ok(Transformed::yes(inner.clone())),
-                None => internal_err!("column {column} is not in the projection"),
-            },
-            None => Ok(Transformed::no(node)),
-        })?
-        .data)
 }
 
 impl DisplayAs for RunPartialExec {
