@@ -319,10 +319,20 @@ fn mark_quotes(value: &[u8], marks: &mut Vec<u64>) -> bool {
         high |= block_high;
     }
     if !rest.is_empty() {
-        // Zero padding: neither a quote, a backslash nor high.
-        let mut block = [0u8; 64];
-        block[..rest.len()].copy_from_slice(rest);
-        let (word, block_high) = mark_block(&block);
+        let (word, block_high) = match value.last_chunk::<64>() {
+            // The last 64 bytes, read in place: their first bytes were
+            // marked already and are shifted out.
+            Some(last) => {
+                let (word, block_high) = mark_block(last);
+                (word >> (64 - rest.len()), block_high)
+            }
+            // Zero padding: neither a quote, a backslash nor high.
+            None => {
+                let mut block = [0u8; 64];
+                block[..rest.len()].copy_from_slice(rest);
+                mark_block(&block)
+            }
+        };
         marks.push(word);
         high |= block_high;
     }
@@ -463,24 +473,20 @@ impl Reader<'_> {
     fn number(&mut self) -> Option<(usize, usize, bool)> {
         let start = self.at;
         self.eat(b'-');
-        match self.peek()? {
-            b'0' => self.at += 1,
-            b'1'..=b'9' => {
-                while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-                    self.at += 1;
-                }
-            }
-            _ => return None,
+        let digits = digits_at(self.bytes, self.at);
+        // No digits, or a leading zero followed by more digits.
+        if digits == 0 || (digits > 1 && self.bytes[self.at] == b'0') {
+            return None;
         }
+        self.at += digits;
         let mut integral = true;
         if self.eat(b'.') {
             integral = false;
-            if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            let digits = digits_at(self.bytes, self.at);
+            if digits == 0 {
                 return None;
             }
-            while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-                self.at += 1;
-            }
+            self.at += digits;
         }
         if let Some(b'e' | b'E') = self.peek() {
             integral = false;
@@ -488,12 +494,11 @@ impl Reader<'_> {
             if let Some(b'+' | b'-') = self.peek() {
                 self.at += 1;
             }
-            if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            let digits = digits_at(self.bytes, self.at);
+            if digits == 0 {
                 return None;
             }
-            while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-                self.at += 1;
-            }
+            self.at += digits;
         }
         if self.ident_follows(self.at) {
             return None;
@@ -507,23 +512,28 @@ impl Reader<'_> {
         if !integral {
             return None;
         }
-        // `number` checked the text: an optional minus, then digits. A
-        // negative number accumulates downwards, so i64::MIN fits.
-        let (negative, digits) = match &self.bytes[start..end] {
-            [b'-', rest @ ..] => (true, rest),
-            digits => (false, digits),
+        // `number` checked the text: an optional minus, then digits.
+        let (negative, first) = match self.bytes[start] {
+            b'-' => (true, start + 1),
+            _ => (false, start),
         };
-        let mut value: i64 = 0;
-        for &digit in digits {
-            let digit = i64::from(digit - b'0');
-            value = value.checked_mul(10)?;
-            value = if negative {
-                value.checked_sub(digit)?
-            } else {
-                value.checked_add(digit)?
-            };
-        }
-        Some(value)
+        let magnitude = if end - first <= 18 {
+            // Eighteen digits cannot overflow a u64 (nor, negated, an i64).
+            parse_digits(self.bytes, first, end) as i128
+        } else {
+            let mut value: i128 = 0;
+            for &digit in &self.bytes[first..end] {
+                value = value
+                    .checked_mul(10)?
+                    .checked_add(i128::from(digit - b'0'))?;
+                if value > i128::from(i64::MAX) + 1 {
+                    return None;
+                }
+            }
+            value
+        };
+        let value = if negative { -magnitude } else { magnitude };
+        i64::try_from(value).ok()
     }
 
     /// Skips any JSON value, checking that it is well formed.
@@ -586,6 +596,82 @@ impl Reader<'_> {
     }
 }
 
+/// How many ASCII digits `bytes` has from `from` on, eight at a time.
+fn digits_at(bytes: &[u8], from: usize) -> usize {
+    let mut at = from;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let others = non_digits(word);
+        if others != 0 {
+            return at + (others.trailing_zeros() / 8) as usize - from;
+        }
+        at += 8;
+    }
+    while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+        at += 1;
+    }
+    at - from
+}
+
+/// The high bit of each byte of `word` that is not an ASCII digit. Exact
+/// for the lowest such byte, which is all [`digits_at`] needs: borrows and
+/// carries between bytes only start at a byte that is not a digit.
+fn non_digits(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let less = word.wrapping_sub(ONES * u64::from(b'0'));
+    (less | less.wrapping_add(ONES * 0x76)) & (ONES * 0x80)
+}
+
+/// The value of the at most 18 ASCII digits `bytes[start..end]`, eight at a
+/// time. Each word is read in place (no copy to pad it, which would stall
+/// the load on the copy's stores).
+fn parse_digits(bytes: &[u8], start: usize, end: usize) -> u64 {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    debug_assert!(end - start <= 18);
+    let mut value = 0u64;
+    let mut at = start;
+    while end - at >= 8 {
+        value = value * 100_000_000 + parse_eight(word_at(bytes, at));
+        at += 8;
+    }
+    let rest = end - at;
+    if rest == 0 {
+        return value;
+    }
+    // The digits at the high end of a word whose low bytes are `'0'`: the
+    // same value with leading zeros.
+    let low = 8 * (8 - rest) as u32;
+    let word = if at + 8 <= bytes.len() {
+        (word_at(bytes, at) << low) | (ZEROS >> (8 * rest))
+    } else if end >= 8 {
+        (word_at(bytes, end - 8) & (u64::MAX << low)) | (ZEROS >> (8 * rest))
+    } else {
+        return bytes[at..end]
+            .iter()
+            .fold(value, |value, digit| value * 10 + u64::from(digit - b'0'));
+    };
+    value * POWERS_OF_TEN[rest] + parse_eight(word)
+}
+
+const POWERS_OF_TEN: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+
+/// The eight bytes of `bytes` from `at`, the first in the lowest byte.
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default())
+}
+
+/// Eight ASCII digits, the first in the lowest byte, as their value: pairs,
+/// then fours, then the eight, with two multiplications.
+fn parse_eight(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let digits = word.wrapping_sub(ONES * u64::from(b'0'));
+    let pairs = digits.wrapping_mul(10).wrapping_add(digits >> 8);
+    const LANES: u64 = 0x0000_00FF_0000_00FF;
+    let high = (pairs & LANES).wrapping_mul(100 + (1_000_000 << 32));
+    let low = ((pairs >> 16) & LANES).wrapping_mul(1 + (10_000 << 32));
+    high.wrapping_add(low) >> 32
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -601,7 +687,13 @@ mod tests {
         Arc::new(Schema::new(vec![
             Field::new("a", DataType::Int64, nullable_a),
             Field::new("b", DataType::Utf8, true),
-            Field::new("c", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            // Longer than the eight bytes compared first, and sharing them
+            // with a junk key (`record`).
+            Field::new(
+                "date_time_c",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                true,
+            ),
             Field::new("d", DataType::Float64, true),
             Field::new("e", DataType::Boolean, true),
             Field::new("f", DataType::Int32, true),
@@ -648,6 +740,11 @@ mod tests {
             Just("-0".to_string()),
             Just("0.5E-2".to_string()),
             Just("12345678901234567890".to_string()),
+            // Every digit count around the eight-digit steps of the parser.
+            (0u32..20, any::<u64>(), any::<bool>()).prop_map(|(digits, v, negative)| {
+                let v = v % 10u64.pow(digits.min(19)).max(1);
+                format!("{}{v}", if negative { "-" } else { "" })
+            }),
             Just(i64::MIN.to_string()),
             Just(i64::MAX.to_string()),
             Just("-9223372036854775809".to_string()),
@@ -680,7 +777,7 @@ mod tests {
     /// then anything.
     fn field_value(name: &'static str) -> BoxedStrategy<String> {
         let typed: BoxedStrategy<String> = match name {
-            "a" | "c" => prop_oneof![
+            "a" | "date_time_c" => prop_oneof![
                 any::<i64>().prop_map(|v| v.to_string()),
                 (-1000i64..1000).prop_map(|v| v.to_string()),
             ]
@@ -707,8 +804,19 @@ mod tests {
     /// A record: fields of the schema (mostly well typed), junk fields,
     /// spacing, and now and then a damaged byte.
     fn record() -> impl Strategy<Value = Vec<u8>> {
-        let field = prop::sample::select(vec!["a", "b", "c", "d", "e", "f", "junk", "url"])
-            .prop_flat_map(|name| (Just(name), field_value(name)));
+        let field = prop::sample::select(vec![
+            "a",
+            "b",
+            "date_time_c",
+            "d",
+            "e",
+            "f",
+            "junk",
+            "url",
+            "date_time_x",
+            "date_tim",
+        ])
+        .prop_flat_map(|name| (Just(name), field_value(name)));
         (
             prop::collection::vec(field, 0..8),
             prop_oneof![Just(""), Just(" "), Just("\n  ")],
@@ -778,18 +886,53 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Integers read eight digits at a time give what `str::parse`
+        /// gives, and refuse what JSON does not allow.
+        #[test]
+        fn reads_integers_as_parse_does(
+            // Followed by nothing, a byte or two, or enough for a whole
+            // word to be read past the digits.
+            text in "-?[0-9]{0,24}(?:[,}. eE]?[0-9]?|, \"padding\": 12345678)",
+        ) {
+            let marks = Vec::new();
+            let mut reader = super::Reader { bytes: text.as_bytes(), marks: &marks, at: 0 };
+            let read = reader.integer();
+            let number: String = text
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '-')
+                .collect();
+            let digits = number.trim_start_matches('-');
+            let rest = &text[number.len()..];
+            let leading_zero = digits.len() > 1 && digits.starts_with('0');
+            let fraction = rest.starts_with(['.', 'e', 'E']);
+            let json_integer = !(digits.is_empty() || leading_zero || fraction);
+            let expected = if json_integer { number.parse::<i64>().ok() } else { None };
+            prop_assert_eq!(read, expected, "{}", text);
+            if read.is_some() {
+                prop_assert_eq!(reader.at, number.len());
+            }
+        }
+    }
+
     #[test]
     fn takes_the_nexmark_shape_and_leaves_the_rest() {
         let schema = Arc::new(schema(true).project(&[0, 2]).expect("projection"));
         let bids: Vec<Vec<u8>> = vec![
-            br#"{"a": 1007, "bidder": 3, "b": "web", "url": "https://x/y?z=1", "c": 1767225600123, "extra": "\\ escaped \" yes"}"#.to_vec(),
-            br#"{"c": null, "a": -5}"#.to_vec(),
+            br#"{"a": 1007, "bidder": 3, "b": "web", "url": "https://x/y?z=1", "date_time_c": 1767225600123, "extra": "\\ escaped \" yes"}"#.to_vec(),
+            br#"{"date_time_c": null, "a": -5}"#.to_vec(),
             br#"{}"#.to_vec(),
         ];
         let fast = projected(&schema, &bids).expect("inside the fast path");
         assert_eq!(Some(fast), reference(&schema, &bids));
         // A timestamp as text is arrow-json's to parse.
-        assert!(projected(&schema, &[br#"{"c": "2026-01-01T00:00:00Z"}"#.to_vec()]).is_none());
+        assert!(
+            projected(
+                &schema,
+                &[br#"{"date_time_c": "2026-01-01T00:00:00Z"}"#.to_vec()]
+            )
+            .is_none()
+        );
         // So is anything that is not one JSON object.
         for bad in [
             &b"{"[..],
