@@ -512,28 +512,23 @@ impl Reader<'_> {
         if !integral {
             return None;
         }
-        // `number` checked the text: an optional minus, then digits.
-        let (negative, first) = match self.bytes[start] {
-            b'-' => (true, start + 1),
-            _ => (false, start),
+        // `number` checked the text: an optional minus, then digits. A
+        // negative number accumulates downwards, so i64::MIN fits.
+        let (negative, digits) = match &self.bytes[start..end] {
+            [b'-', rest @ ..] => (true, rest),
+            digits => (false, digits),
         };
-        let magnitude = if end - first <= 18 {
-            // Eighteen digits cannot overflow a u64 (nor, negated, an i64).
-            parse_digits(self.bytes, first, end) as i128
-        } else {
-            let mut value: i128 = 0;
-            for &digit in &self.bytes[first..end] {
-                value = value
-                    .checked_mul(10)?
-                    .checked_add(i128::from(digit - b'0'))?;
-                if value > i128::from(i64::MAX) + 1 {
-                    return None;
-                }
-            }
-            value
-        };
-        let value = if negative { -magnitude } else { magnitude };
-        i64::try_from(value).ok()
+        let mut value: i64 = 0;
+        for &digit in digits {
+            let digit = i64::from(digit - b'0');
+            value = value.checked_mul(10)?;
+            value = if negative {
+                value.checked_sub(digit)?
+            } else {
+                value.checked_add(digit)?
+            };
+        }
+        Some(value)
     }
 
     /// Skips any JSON value, checking that it is well formed.
@@ -622,56 +617,6 @@ fn non_digits(word: u64) -> u64 {
     (less | less.wrapping_add(ONES * 0x76)) & (ONES * 0x80)
 }
 
-/// The value of the at most 18 ASCII digits `bytes[start..end]`, eight at a
-/// time. Each word is read in place (no copy to pad it, which would stall
-/// the load on the copy's stores).
-fn parse_digits(bytes: &[u8], start: usize, end: usize) -> u64 {
-    const ZEROS: u64 = 0x3030_3030_3030_3030;
-    debug_assert!(end - start <= 18);
-    let mut value = 0u64;
-    let mut at = start;
-    while end - at >= 8 {
-        value = value * 100_000_000 + parse_eight(word_at(bytes, at));
-        at += 8;
-    }
-    let rest = end - at;
-    if rest == 0 {
-        return value;
-    }
-    // The digits at the high end of a word whose low bytes are `'0'`: the
-    // same value with leading zeros.
-    let low = 8 * (8 - rest) as u32;
-    let word = if at + 8 <= bytes.len() {
-        (word_at(bytes, at) << low) | (ZEROS >> (8 * rest))
-    } else if end >= 8 {
-        (word_at(bytes, end - 8) & (u64::MAX << low)) | (ZEROS >> (8 * rest))
-    } else {
-        return bytes[at..end]
-            .iter()
-            .fold(value, |value, digit| value * 10 + u64::from(digit - b'0'));
-    };
-    value * POWERS_OF_TEN[rest] + parse_eight(word)
-}
-
-const POWERS_OF_TEN: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
-
-/// The eight bytes of `bytes` from `at`, the first in the lowest byte.
-fn word_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default())
-}
-
-/// Eight ASCII digits, the first in the lowest byte, as their value: pairs,
-/// then fours, then the eight, with two multiplications.
-fn parse_eight(word: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    let digits = word.wrapping_sub(ONES * u64::from(b'0'));
-    let pairs = digits.wrapping_mul(10).wrapping_add(digits >> 8);
-    const LANES: u64 = 0x0000_00FF_0000_00FF;
-    let high = (pairs & LANES).wrapping_mul(100 + (1_000_000 << 32));
-    let low = ((pairs >> 16) & LANES).wrapping_mul(1 + (10_000 << 32));
-    high.wrapping_add(low) >> 32
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -687,8 +632,7 @@ mod tests {
         Arc::new(Schema::new(vec![
             Field::new("a", DataType::Int64, nullable_a),
             Field::new("b", DataType::Utf8, true),
-            // Longer than the eight bytes compared first, and sharing them
-            // with a junk key (`record`).
+            // A longer name that junk keys share a start with (`record`).
             Field::new(
                 "date_time_c",
                 DataType::Timestamp(TimeUnit::Millisecond, None),
@@ -887,12 +831,12 @@ mod tests {
     }
 
     proptest! {
-        /// Integers read eight digits at a time give what `str::parse`
-        /// gives, and refuse what JSON does not allow.
+        /// Integers (their digits found eight at a time) are what
+        /// `str::parse` gives, and what JSON does not allow is refused.
         #[test]
         fn reads_integers_as_parse_does(
-            // Followed by nothing, a byte or two, or enough for a whole
-            // word to be read past the digits.
+            // Followed by nothing, a byte or two, or enough for whole
+            // eight-byte words to be read past the digits.
             text in "-?[0-9]{0,24}(?:[,}. eE]?[0-9]?|, \"padding\": 12345678)",
         ) {
             let marks = Vec::new();
