@@ -106,9 +106,56 @@ fn parse_durability(text: &str) -> Result<Durability, String> {
     Durability::parse(text).map_err(|e| e.to_string())
 }
 
+/// Whether this CPU has the instruction sets RocksDB's C++ was compiled
+/// for (the flags `.cargo/config.toml` passes, seen here at compile time),
+/// so that a binary built for a newer CPU stops with a message instead of
+/// an illegal instruction; `Err` names the first one missing.
+fn cpu_has_rocksdb_features() -> Result<(), &'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let flags = option_env!("CXXFLAGS_x86_64_unknown_linux_gnu").unwrap_or_default();
+        let wanted = [
+            (
+                "-msse4.2",
+                "SSE4.2",
+                std::arch::is_x86_feature_detected!("sse4.2"),
+            ),
+            (
+                "-mpclmul",
+                "PCLMULQDQ",
+                std::arch::is_x86_feature_detected!("pclmulqdq"),
+            ),
+            (
+                "-mavx2",
+                "AVX2",
+                std::arch::is_x86_feature_detected!("avx2"),
+            ),
+            ("-mbmi", "BMI1", std::arch::is_x86_feature_detected!("bmi1")),
+            (
+                "-mlzcnt",
+                "LZCNT",
+                std::arch::is_x86_feature_detected!("lzcnt"),
+            ),
+        ];
+        for (flag, name, present) in wanted {
+            if !present && flags.split_whitespace().any(|f| f == flag) {
+                return Err(name);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     use std::process::ExitCode;
+    if let Err(missing) = cpu_has_rocksdb_features() {
+        eprintln!(
+            "error: this sluice binary was built for CPUs with {missing} (see .cargo/config.toml); \
+             this CPU lacks it. Rebuild with `CXXFLAGS_x86_64_unknown_linux_gnu= make build`."
+        );
+        return ExitCode::from(2);
+    }
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {

@@ -8,6 +8,7 @@
 //! batch's columns only when the visitor asks for them.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -136,10 +137,68 @@ enum Parts<'a> {
     /// files): a part that retention deleted meanwhile reads as the offset
     /// being out of range, as the scan would have found it.
     Stored {
-        shared: &'a Shared,
+        columns: &'a dyn PartSource,
         state: &'a PartitionState,
         topic_id: u32,
     },
+}
+
+/// Where a scan's column parts come from ([`ColumnReader`]); a trait
+/// object so that [`BatchRef`] keeps one lifetime while the reader's
+/// iterator borrows the database for longer.
+trait PartSource {
+    /// The value stored under `key`, copied out; `None` when there is none.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+}
+
+/// Reads column parts of one partition for a scan, through one RocksDB
+/// iterator made at the first part asked for. An iterator's value points
+/// into the block it read, so a part is copied once, into the caller's
+/// buffer; `Get` on a block that is not cached (column reads keep out of
+/// the block cache) copies the value out of the block first, then the
+/// caller copies it again.
+pub(crate) struct ColumnReader<'a> {
+    shared: &'a Shared,
+    /// The partition's part keys: from `lower` up to, not including, `upper`.
+    lower: [u8; 16],
+    upper: [u8; 16],
+    iter: RefCell<Option<DBRawIterator<'a>>>,
+}
+
+impl<'a> ColumnReader<'a> {
+    fn new(shared: &'a Shared, topic_id: u32, partition: u32, upper_offset: u64) -> Self {
+        ColumnReader {
+            shared,
+            lower: keys::batch_key(topic_id, partition, 0),
+            upper: keys::batch_key(topic_id, partition, upper_offset),
+            iter: RefCell::new(None),
+        }
+    }
+}
+
+impl PartSource for ColumnReader<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut slot = self.iter.borrow_mut();
+        let iter = match &mut *slot {
+            Some(iter) => iter,
+            empty => {
+                let mut options = ReadOptions::default();
+                // Large and read once per query: keep them out of the
+                // block cache (the OS page cache still holds them).
+                options.fill_cache(false);
+                options.set_iterate_lower_bound(self.lower.to_vec());
+                options.set_iterate_upper_bound(self.upper.to_vec());
+                let cf = self.shared.cf(CF_COLUMNS)?;
+                empty.insert(self.shared.db.raw_iterator_cf_opt(cf, options))
+            }
+        };
+        iter.seek(key);
+        if iter.valid() && iter.key() == Some(key) {
+            return Ok(iter.value().map(<[u8]>::to_vec));
+        }
+        iter.status()?;
+        Ok(None)
+    }
 }
 
 impl std::fmt::Debug for Parts<'_> {
@@ -273,7 +332,7 @@ impl<'a> ColumnarSlice<'a> {
         let bytes = match self.batch.parts {
             Parts::Fetched(parts) => parts.get(part).map(|p| Cow::Borrowed(p.as_slice())),
             Parts::Stored {
-                shared,
+                columns,
                 state,
                 topic_id,
             } => {
@@ -283,14 +342,7 @@ impl<'a> ColumnarSlice<'a> {
                     self.base_offset,
                     part as u16,
                 );
-                let mut options = ReadOptions::default();
-                // Large and read once per query: keep them out of the
-                // block cache (the OS page cache still holds them).
-                options.fill_cache(false);
-                let value = shared
-                    .db
-                    .get_pinned_cf_opt(shared.cf(CF_COLUMNS)?, key, &options)?
-                    .map(|value| Cow::Owned(value.to_vec()));
+                let value = columns.get(&key)?.map(Cow::Owned);
                 let log_start_offset = state.log_start_offset.load(Ordering::Acquire);
                 if value.is_none() && log_start_offset > self.base_offset {
                     return Err(Error::OffsetOutOfRange {
@@ -703,6 +755,9 @@ fn visit_partition(
     options.set_iterate_upper_bound(keys::batch_key(topic.id, partition, upper).to_vec());
     let mut iter = shared.db.raw_iterator_cf_opt(shared.cf(CF_LOG)?, options);
     seek_batch(&mut iter, topic.id, partition, offset);
+    // Made after the log's iterator, so it sees the parts of every batch
+    // that one sees (a batch's header and parts are one write).
+    let columns = ColumnReader::new(shared, topic.id, partition, upper);
     let topic_name: Arc<str> = Arc::from(topic.name.as_str());
     let mut records = 0usize;
     let mut bytes = 0usize;
@@ -763,7 +818,7 @@ fn visit_partition(
             kind: view.kind,
             bytes: value,
             parts: Parts::Stored {
-                shared,
+                columns: &columns,
                 state,
                 topic_id: topic.id,
             },
