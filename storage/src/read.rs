@@ -132,10 +132,12 @@ pub struct BatchRef<'a> {
 enum Parts<'a> {
     /// Copied out with the batch ([`FetchedBatch`]).
     Fetched(&'a [Vec<u8>]),
-    /// Still in RocksDB: fetched when asked for (a scan). Not from a
-    /// snapshot (releasing one makes RocksDB rewrite fresh bottommost
-    /// files): a part that retention deleted meanwhile reads as the offset
-    /// being out of range, as the scan would have found it.
+    /// Still in RocksDB: fetched when asked for (a scan), through an
+    /// iterator that sees the database as it was when the first part was
+    /// asked for; no snapshot is taken (releasing one makes RocksDB rewrite
+    /// fresh bottommost files). A part that retention deleted before then
+    /// reads as the offset being out of range, as the scan would have
+    /// found it.
     Stored {
         columns: &'a dyn PartSource,
         state: &'a PartitionState,
@@ -157,7 +159,7 @@ trait PartSource {
 /// buffer; `Get` on a block that is not cached (column reads keep out of
 /// the block cache) copies the value out of the block first, then the
 /// caller copies it again.
-pub(crate) struct ColumnReader<'a> {
+struct ColumnReader<'a> {
     shared: &'a Shared,
     /// The partition's part keys: from `lower` up to, not including, `upper`.
     lower: [u8; 16],
