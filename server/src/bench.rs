@@ -555,6 +555,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         "decode_limit_events_per_s": report.decode_limit_events_per_s.round(),
         "fraction_of_decode_limit": round(report.events_per_cpu_s / report.decode_limit_events_per_s),
         "batch_events_per_cpu_s": report.batch_events_per_cpu_s.map(f64::round),
+        "projected_decode_events_per_s": report.projected_decode_events_per_s.map(f64::round),
         "fraction_of_batch": report
             .batch_events_per_cpu_s
             .map(|batch| round(report.events_per_cpu_s / batch)),

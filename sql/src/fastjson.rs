@@ -25,6 +25,24 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 /// Nesting deeper than this in a skipped value is left to arrow-json.
 const MAX_DEPTH: usize = 64;
 
+/// Decodes JSON object `values` into one batch of `schema` with the
+/// projecting decoder that scans of JSON streams use before arrow-json.
+/// `None` when `schema` has a column type it does not build, or a value is
+/// outside its path (a scan then decodes the chunk with arrow-json). Public
+/// for the benchmarks, which time the decoder alone.
+pub fn decode_json_projected<'a>(
+    schema: &SchemaRef,
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<RecordBatch> {
+    let mut decoder = ProjectedJson::try_new(schema)?;
+    for value in values {
+        if !decoder.push(value) {
+            return None;
+        }
+    }
+    decoder.finish()
+}
+
 /// A column this decoder can build.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -62,6 +80,9 @@ enum Builder {
 pub(crate) struct ProjectedJson {
     schema: SchemaRef,
     names: Vec<Vec<u8>>,
+    /// Bit `n` set: a wanted name is `n` bytes long (names under 64 bytes;
+    /// longer keys are looked up by name alone).
+    name_lengths: u64,
     kinds: Vec<Kind>,
     nullable: Vec<bool>,
     builders: Vec<Builder>,
@@ -103,6 +124,12 @@ impl ProjectedJson {
                 .iter()
                 .map(|f| f.name().as_bytes().to_vec())
                 .collect(),
+            name_lengths: schema
+                .fields()
+                .iter()
+                .map(|f| f.name().len())
+                .filter(|&len| len < 64)
+                .fold(0, |mask, len| mask | 1 << len),
             nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
             slots: vec![Slot::Missing; kinds.len()],
             builders: Vec::new(),
@@ -206,6 +233,17 @@ impl ProjectedJson {
         self.builders = self.new_builders(0);
     }
 
+    /// The wanted field named `key`. Most keys are not wanted, and most
+    /// of those are told by their length alone.
+    fn field_of(&self, key: &[u8]) -> Option<usize> {
+        if key.len() < 64 && self.name_lengths & (1 << key.len()) == 0 {
+            return None;
+        }
+        self.names
+            .iter()
+            .position(|name| name.first() == key.first() && name.as_slice() == key)
+    }
+
     fn read_object(&mut self, reader: &mut Reader<'_>) -> bool {
         reader.skip_whitespace();
         if !reader.eat(b'{') {
@@ -215,18 +253,24 @@ impl ProjectedJson {
         if reader.eat(b'}') {
             return true;
         }
+        // Whitespace is looked for only where the expected byte is not
+        // found: machine-made JSON seldom has any.
         loop {
-            reader.skip_whitespace();
+            if reader.peek() != Some(b'"') {
+                reader.skip_whitespace();
+            }
             let Some((start, end)) = reader.plain_string() else {
                 return false;
             };
-            reader.skip_whitespace();
             if !reader.eat(b':') {
-                return false;
+                reader.skip_whitespace();
+                if !reader.eat(b':') {
+                    return false;
+                }
             }
             reader.skip_whitespace();
             let key = &reader.bytes[start..end];
-            match self.names.iter().position(|name| name.as_slice() == key) {
+            match self.field_of(key) {
                 Some(field) => {
                     if !matches!(self.slots[field], Slot::Missing) {
                         // A duplicate key: arrow-json's rule decides.
@@ -243,11 +287,19 @@ impl ProjectedJson {
                     }
                 }
             }
-            reader.skip_whitespace();
-            if reader.eat(b',') {
-                continue;
+            match reader.peek() {
+                Some(b',') => reader.at += 1,
+                Some(b'}') => {
+                    reader.at += 1;
+                    return true;
+                }
+                _ => {
+                    reader.skip_whitespace();
+                    if !reader.eat(b',') {
+                        return reader.eat(b'}');
+                    }
+                }
             }
-            return reader.eat(b'}');
         }
     }
 }
@@ -308,7 +360,7 @@ fn read_wanted(reader: &mut Reader<'_>, kind: Kind) -> Option<Slot> {
 /// Marks every `"` and `\\` of `value` in `marks`, a bit per byte (bit
 /// `i % 64` of word `i / 64`), and says whether `value` is ASCII. One pass
 /// of 64 bytes at a time, so that finding the end of a string is a bit
-/// scan rather than a byte loop.
+/// scan rather than a byte loop. The marks end with a zero word.
 fn mark_quotes(value: &[u8], marks: &mut Vec<u64>) -> bool {
     marks.clear();
     let mut high = 0u8;
@@ -336,6 +388,8 @@ fn mark_quotes(value: &[u8], marks: &mut Vec<u64>) -> bool {
         marks.push(word);
         high |= block_high;
     }
+    // A zero word past the end, so that a bit scan can always read two.
+    marks.push(0);
     high == 0
 }
 
@@ -387,13 +441,24 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// The first `"` or `\\` at or after `from`.
     fn next_quote_or_backslash(&self, from: usize) -> Option<usize> {
-        let mut word = from / 64;
-        let mut bits = self.marks.get(word)? & (u64::MAX << (from % 64));
-        while bits == 0 {
-            word += 1;
-            bits = *self.marks.get(word)?;
+        // Two words at once, so that a string that ends in the next word
+        // (most of them) takes no loop: whether it crosses a word boundary
+        // is a branch no predictor gets right.
+        let word = from / 64;
+        let low = *self.marks.get(word)?;
+        let high = self.marks.get(word + 1).copied().unwrap_or(0);
+        let window = ((u128::from(high) << 64) | u128::from(low)) >> (from % 64);
+        if window != 0 {
+            return Some(from + window.trailing_zeros() as usize);
         }
-        Some(word * 64 + bits.trailing_zeros() as usize)
+        let mut word = word + 2;
+        loop {
+            let bits = *self.marks.get(word)?;
+            if bits != 0 {
+                return Some(word * 64 + bits.trailing_zeros() as usize);
+            }
+            word += 1;
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -410,8 +475,11 @@ impl Reader<'_> {
     }
 
     fn skip_whitespace(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
-            self.at += 1;
+        // One compare when there is none, as in most machine-made JSON.
+        if self.peek().is_some_and(|b| b <= b' ') {
+            while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+                self.at += 1;
+            }
         }
     }
 
@@ -479,6 +547,10 @@ impl Reader<'_> {
             return None;
         }
         self.at += digits;
+        if let None | Some(b',' | b'}' | b']') = self.peek() {
+            // An integer, ended by what usually follows a value.
+            return Some((start, self.at, true));
+        }
         let mut integral = true;
         if self.eat(b'.') {
             integral = false;
@@ -518,6 +590,11 @@ impl Reader<'_> {
             [b'-', rest @ ..] => (true, rest),
             digits => (false, digits),
         };
+        if digits.len() <= 18 {
+            // Below 10^18: no overflow to check.
+            let value = digits_value(digits) as i64;
+            return Some(if negative { -value } else { value });
+        }
         let mut value: i64 = 0;
         for &digit in digits {
             let digit = i64::from(digit - b'0');
@@ -606,6 +683,35 @@ fn digits_at(bytes: &[u8], from: usize) -> usize {
         at += 1;
     }
     at - from
+}
+
+/// The value of at most 19 ASCII digits, eight at a time.
+fn digits_value(digits: &[u8]) -> u64 {
+    let (eights, rest) = digits.as_chunks::<8>();
+    let mut value = 0u64;
+    for eight in eights {
+        value = value
+            .wrapping_mul(100_000_000)
+            .wrapping_add(eight_digits(u64::from_le_bytes(*eight)));
+    }
+    for &digit in rest {
+        value = value.wrapping_mul(10).wrapping_add(u64::from(digit - b'0'));
+    }
+    value
+}
+
+/// The value of eight ASCII digits read as a little-endian word (the
+/// first digit in the lowest byte): adjacent digits are combined into
+/// pairs, then pairs into fours, by multiplications whose carries stay
+/// out of the bits kept (Lemire's `parse_eight_digits_unrolled`).
+fn eight_digits(word: u64) -> u64 {
+    const LOW: u64 = 0x0000_00FF_0000_00FF;
+    let v = word.wrapping_sub(0x3030_3030_3030_3030);
+    let v = v.wrapping_mul(10).wrapping_add(v >> 8);
+    (v & LOW)
+        .wrapping_mul(100 + (1_000_000 << 32))
+        .wrapping_add(((v >> 16) & LOW).wrapping_mul(1 + (10_000 << 32)))
+        >> 32
 }
 
 /// The high bit of each byte of `word` that is not an ASCII digit. Exact
@@ -819,7 +925,9 @@ mod tests {
             let mut marks = Vec::new();
             let ascii = super::mark_quotes(&value, &mut marks);
             prop_assert_eq!(ascii, value.is_ascii());
-            prop_assert_eq!(marks.len(), value.len().div_ceil(64));
+            // A word per 64 bytes, and a zero word past the end.
+            prop_assert_eq!(marks.len(), value.len().div_ceil(64) + 1);
+            prop_assert_eq!(marks.last(), Some(&0));
             for (i, word) in marks.iter().enumerate() {
                 for bit in 0..64 {
                     let marked = word >> bit & 1 == 1;

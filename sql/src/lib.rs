@@ -41,6 +41,7 @@ pub use context::{PlannedQuery, SqlContext, SqlOptions, from_datafusion};
 pub use deadletter::DeadLetters;
 pub use duration::{expr_to_duration, parse_duration};
 pub use error::{Error, Result};
+pub use fastjson::decode_json_projected;
 pub use insert::{SinkRows, check_insert_columns, encode_for_stream};
 pub use output::{Output, QueryOutput};
 pub use parser::{
