@@ -442,8 +442,8 @@ impl Reader<'_> {
     /// The first `"` or `\\` at or after `from`.
     fn next_quote_or_backslash(&self, from: usize) -> Option<usize> {
         // Two words at once, so that a string that ends in the next word
-        // (most of them) takes no loop: whether it crosses a word boundary
-        // is a branch no predictor gets right.
+        // (most of them) takes no loop: whether a string crosses a word
+        // boundary is a branch that is hard to predict.
         let word = from / 64;
         let low = *self.marks.get(word)?;
         let high = self.marks.get(word + 1).copied().unwrap_or(0);
