@@ -732,8 +732,6 @@ mod tests {
     use datafusion::arrow::record_batch::RecordBatch;
     use proptest::prelude::*;
 
-    use super::ProjectedJson;
-
     fn schema(nullable_a: bool) -> SchemaRef {
         Arc::new(Schema::new(vec![
             Field::new("a", DataType::Int64, nullable_a),
@@ -768,13 +766,7 @@ mod tests {
     }
 
     fn projected(schema: &SchemaRef, values: &[Vec<u8>]) -> Option<RecordBatch> {
-        let mut decoder = ProjectedJson::try_new(schema)?;
-        for value in values {
-            if !decoder.push(value) {
-                return None;
-            }
-        }
-        decoder.finish()
+        super::decode_json_projected(schema, values.iter().map(Vec::as_slice))
     }
 
     /// A JSON value of some shape, as text.

@@ -182,6 +182,14 @@ fn projected_decode_rate(bids: &[(i64, Vec<u8>)], columns: &[&str]) -> Result<f6
     Ok(rows as f64 / cpu_s.max(1e-9))
 }
 
+/// The median of five measurements: the machine's speed wanders from run
+/// to run (a virtual machine).
+fn median_of_five(mut measure: impl FnMut() -> Result<f64>) -> Result<f64> {
+    let mut figures = (0..5).map(|_| measure()).collect::<Result<Vec<f64>>>()?;
+    figures.sort_by(f64::total_cmp);
+    Ok(figures[2])
+}
+
 /// Decodes every value with arrow-json on `threads` threads at once;
 /// rows per CPU-second. On a machine whose cores share execution units,
 /// this is the per-core limit under the same load a parallel query sees.
@@ -471,24 +479,14 @@ pub async fn run_nexmark_bench(
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     let load_s = load_started.elapsed().as_secs_f64();
-    // The machine's speed wanders from run to run (a virtual machine):
-    // the median of five measurements.
-    let mut limits = (0..5)
-        .map(|_| decode_limit(&sample))
-        .collect::<Result<Vec<f64>>>()?;
-    limits.sort_by(f64::total_cmp);
-    let decode_limit_events_per_s = limits[2];
+    let decode_limit_events_per_s = median_of_five(|| decode_limit(&sample))?;
     let batch_events_per_cpu_s = match options.format {
         Format::Arrow => batch_figure(&options.query, &sample, options.target_partitions).await?,
         _ => None,
     };
     let projected_decode_events_per_s = match (options.format, bid_columns(&options.query)) {
         (Format::Json, Some(columns)) => {
-            let mut rates = (0..5)
-                .map(|_| projected_decode_rate(&sample, columns))
-                .collect::<Result<Vec<f64>>>()?;
-            rates.sort_by(f64::total_cmp);
-            Some(rates[2])
+            Some(median_of_five(|| projected_decode_rate(&sample, columns))?)
         }
         _ => None,
     };
