@@ -9,7 +9,9 @@ use sluice_sql::{
     AppendedRange, Output, ShowObject, SqlContext, SqlOptions, Statement, parse_sql,
     split_statements,
 };
-use sluice_storage::{Durability, ProduceRecord, Record, RecordPosition, Storage, StorageOptions};
+use sluice_storage::{
+    Durability, LogCompression, ProduceRecord, Record, RecordPosition, Storage, StorageOptions,
+};
 
 use crate::error::{Error, Result};
 use crate::queries::{Queries, QueryHandle, QueryInfo, QueryStatus};
@@ -26,6 +28,13 @@ impl EngineBuilder {
     /// When appends are acknowledged (default: after an fsync).
     pub fn durability(mut self, durability: Durability) -> Self {
         self.storage = self.storage.with_durability(durability);
+        self
+    }
+
+    /// How table files of the log are compressed (default: none; see
+    /// [`LogCompression`]).
+    pub fn log_compression(mut self, compression: LogCompression) -> Self {
+        self.storage = self.storage.with_log_compression(compression);
         self
     }
 

@@ -439,6 +439,10 @@ pub(crate) struct NexmarkArgs {
     /// 8,192 rows for arrow streams, 1,000 records for json).
     #[arg(long)]
     batch_rows: Option<usize>,
+    /// How the log's table files are compressed (the server's
+    /// `--log-compression`).
+    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
+    log_compression: String,
     /// Threads the query uses (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -512,6 +516,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     if compression != sluice_engine::Compression::None && format != sluice_engine::Format::Arrow {
         bail!("--compression is a setting of arrow streams: add --format arrow");
     }
+    let log_compression = sluice_engine::storage::LogCompression::parse(&args.log_compression)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -531,6 +536,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         max_records_per_trigger: args.max_records_per_trigger,
         format,
         compression,
+        log_compression,
         batch_rows: args.batch_rows,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -543,6 +549,8 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         "query": report.query,
         "format": format.as_str(),
         "compression": compression.as_str(),
+        "log_compression": log_compression.as_str(),
+        "table_file_bytes": report.table_file_bytes,
         "events": report.events,
         "events_read": report.events_read,
         "partitions": report.partitions,

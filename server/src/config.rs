@@ -1,9 +1,9 @@
 //! `sluice server --config FILE`: settings from a TOML file, under the
 //! environment and the command line. Each key is a long flag's name with
-//! `_` for `-` (`data_dir`, `listen`, `durability`, `max_body_bytes`,
-//! `log_json`, `query_timeout`, `auth_token`, `max_push_queries`). A
-//! setting given as a flag wins over its `SLUICE_*` variable, which wins
-//! over the file, which wins over the default.
+//! `_` for `-` (`data_dir`, `listen`, `durability`, `log_compression`,
+//! `max_body_bytes`, `log_json`, `query_timeout`, `auth_token`,
+//! `max_push_queries`). A setting given as a flag wins over its `SLUICE_*`
+//! variable, which wins over the file, which wins over the default.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     durability: Option<String>,
+    log_compression: Option<String>,
     max_body_bytes: Option<usize>,
     log_json: Option<bool>,
     query_timeout: Option<u64>,
@@ -58,6 +59,11 @@ pub(crate) fn apply(
         args.durability = crate::parse_durability(&value)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("durability in {}", path.display()))?;
+    }
+    if let Some(value) = file.log_compression.filter(|_| unset("log_compression")) {
+        args.log_compression = crate::parse_log_compression(&value)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("log_compression in {}", path.display()))?;
     }
     if let Some(value) = file.max_body_bytes.filter(|_| unset("max_body_bytes")) {
         args.max_body_bytes = value;

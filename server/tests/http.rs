@@ -966,7 +966,8 @@ fn a_config_file_sets_what_flags_and_environment_leave_unset() {
     let config = dir.path().join("sluice.toml");
     std::fs::write(
         &config,
-        "auth_token = \"from-file\"\nmax_push_queries = 1\nquery_timeout = 5\n",
+        "auth_token = \"from-file\"\nmax_push_queries = 1\nquery_timeout = 5\n\
+         log_compression = \"zstd\"\n",
     )
     .expect("write config");
     // The environment's token wins over the file's; the file's push-query
@@ -1032,6 +1033,19 @@ fn a_config_file_sets_what_flags_and_environment_leave_unset() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("listen_port"), "{stderr}");
+
+    // So is a codec it does not know, named.
+    std::fs::write(&config, "log_compression = \"snappy\"\n").expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["server", "--config", config.to_str().expect("path")])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("log_compression") && stderr.contains("snappy"),
+        "{stderr}"
+    );
 }
 
 /// Reads `path` with `follow=true` until `count` records have come.

@@ -47,7 +47,7 @@ pub use append::{AtomicWrite, ProduceRecord, RecordPosition};
 pub use batch::{Header, HeaderIter, PayloadKind, Record, now_ms};
 pub use error::{Error, Result};
 pub use groups::{MAX_GROUP_NAME_LEN, PartitionLag};
-pub use options::{Durability, StorageOptions};
+pub use options::{Durability, LogCompression, StorageOptions};
 pub use read::{
     BatchRef, ColumnarSlice, Fetch, FetchedBatch, OwnedRecord, ReadLimits, RecordView, ScanOutcome,
 };

@@ -20,7 +20,7 @@ use rocksdb::{
 
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::options::StorageOptions;
+use crate::options::{LogCompression, StorageOptions};
 use crate::topic::{
     PartitionInfo, TopicConfig, TopicDescription, TopicMeta, TopicSettings,
     validate_partition_count, validate_topic_name,
@@ -506,6 +506,20 @@ impl Storage {
         }
     }
 
+    /// The bytes of every table file of the database (all topics, state
+    /// and metadata; the WAL and memtables not counted).
+    pub fn table_file_bytes(&self) -> Result<u64> {
+        let db = &self.inner.shared.db;
+        let mut total = 0;
+        for name in ALL_CFS {
+            let cf = self.inner.shared.cf(name)?;
+            total += db
+                .property_int_value_cf(cf, "rocksdb.total-sst-files-size")?
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
     /// Stops the background cleaner and the writer (after the writes
     /// already queued), and flushes RocksDB's memtables. Other handles
     /// get [`Error::Closed`] afterwards.
@@ -572,16 +586,26 @@ fn open_db(path: &Path, options: &StorageOptions) -> Result<DB> {
     db_options.set_bytes_per_sync(1024 * 1024);
     db_options.set_wal_bytes_per_sync(0);
     db_options.set_max_total_wal_size(512 * 1024 * 1024);
+    // Table files are read through a memory map: a data block that is not
+    // compressed (every column part) is then checksummed and read where the
+    // page cache holds it, where `pread` would first copy it into a heap
+    // buffer (measured: the kernel's copy was a fifth of the CPU of a
+    // projection over a columnar stream).
+    db_options.set_allow_mmap_reads(true);
 
     let mut log_options = Options::default();
     log_options.set_block_based_table_factory(&table);
     log_options.set_write_buffer_size(options.write_buffer_bytes);
     log_options.set_max_write_buffer_number(4);
-    // LZ4 at every level: queries scan the log, and zstd's decompression
-    // cost several times LZ4's per byte read (measured: a quarter of a
-    // bounded query's CPU). Disk is cheaper than that CPU here.
-    log_options.set_compression_type(DBCompressionType::Lz4);
-    log_options.set_bottommost_compression_type(DBCompressionType::Lz4);
+    // The same codec at every level (`LogCompression` says why none is the
+    // default): queries scan the whole log, not just its newest files.
+    let codec = match options.log_compression {
+        LogCompression::None => DBCompressionType::None,
+        LogCompression::Lz4 => DBCompressionType::Lz4,
+        LogCompression::Zstd => DBCompressionType::Zstd,
+    };
+    log_options.set_compression_type(codec);
+    log_options.set_bottommost_compression_type(codec);
     log_options.set_target_file_size_base(64 * 1024 * 1024);
 
     let mut small_options = Options::default();

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use sluice_storage::{
-    AtomicWrite, CleanupPolicy, Durability, Error, PayloadKind, ProduceRecord, ReadLimits, Record,
-    StateSpace, Storage, StorageOptions, TopicConfig, TopicSettings, partitioner,
+    AtomicWrite, CleanupPolicy, Durability, Error, LogCompression, PayloadKind, ProduceRecord,
+    ReadLimits, Record, StateSpace, Storage, StorageOptions, TopicConfig, TopicSettings,
+    partitioner,
 };
 
 fn open(dir: &tempfile::TempDir) -> Storage {
@@ -600,4 +601,51 @@ fn a_scan_visits_what_a_read_returns_without_copying() {
         })
         .expect_err("the visitor's error");
     assert!(error.to_string().contains("stop"), "{error}");
+}
+
+#[test]
+fn the_log_codec_can_change_between_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open_with = |codec: LogCompression| {
+        let options = StorageOptions::default()
+            .with_durability(Durability::Os)
+            .with_retention_check_interval(None)
+            .with_log_compression(codec);
+        Storage::open(dir.path(), options).expect("open")
+    };
+    let codecs = [
+        LogCompression::Lz4,
+        LogCompression::None,
+        LogCompression::Zstd,
+        LogCompression::None,
+    ];
+    let mut expected = Vec::new();
+    for (round, codec) in codecs.into_iter().enumerate() {
+        let storage = open_with(codec);
+        if round == 0 {
+            storage
+                .create_topic(TopicConfig::new("t", 1))
+                .expect("create");
+        }
+        // Each round's records reach a table file of that round's codec.
+        let batch = records(&format!("{}-", codec.as_str()), 200);
+        let base = expected.len() as u64;
+        storage.append_blocking("t", 0, &batch).expect("append");
+        storage.settle().expect("flush");
+        for (i, record) in batch.iter().enumerate() {
+            let value = String::from_utf8(record.value.clone()).expect("utf8");
+            expected.push((base + i as u64, value));
+        }
+        let fetch = storage
+            .read("t", 0, 0, ReadLimits::records(10_000))
+            .expect("read");
+        assert_eq!(values(&fetch), expected, "after opening with {codec:?}");
+        storage.close().expect("close");
+    }
+    assert_eq!(
+        LogCompression::parse("LZ4").expect("parse"),
+        LogCompression::Lz4
+    );
+    let refused = LogCompression::parse("snappy").expect_err("unknown codec");
+    assert!(refused.to_string().contains("snappy"), "{refused}");
 }

@@ -103,6 +103,7 @@ pub async fn run_latency_bench(
     let engine = super::nexmark_engine(
         dir,
         options.target_partitions,
+        sluice_storage::LogCompression::default(),
         partitions,
         "format = 'json'",
     )

@@ -16,7 +16,7 @@ use ::nexmark::event::{Event, EventType};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::json::ReaderBuilder;
 use sluice_sql::{Compression, Format, Output, SqlOptions, columnar_batches};
-use sluice_storage::{Durability, Record, Storage};
+use sluice_storage::{Durability, LogCompression, Record, Storage};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -411,6 +411,8 @@ pub struct NexmarkBenchOptions {
     pub format: Format,
     /// Arrow streams: the IPC compression of their columns.
     pub compression: Compression,
+    /// How the log's table files are compressed.
+    pub log_compression: LogCompression,
     /// Records per append while loading (one stored batch per partition
     /// and append); `None`: 8,192 rows for arrow streams, 1,000 records
     /// for JSON.
@@ -446,6 +448,9 @@ pub struct NexmarkBenchReport {
     pub end_rss_bytes: u64,
     pub triggers: u64,
     pub load_s: f64,
+    /// The table files of the loaded data, in bytes, once flushed and
+    /// compacted (what `log_compression` changes).
+    pub table_file_bytes: u64,
 }
 
 /// Generates `options.events` Nexmark events (fixed base time), loads them
@@ -466,7 +471,14 @@ pub async fn run_nexmark_bench(
             options.compression.as_str()
         ));
     }
-    let engine = nexmark_engine(dir, options.target_partitions, partitions, &settings).await?;
+    let engine = nexmark_engine(
+        dir,
+        options.target_partitions,
+        options.log_compression,
+        partitions,
+        &settings,
+    )
+    .await?;
     let sql = engine.sql().clone();
     let load_started = Instant::now();
     let (events, batch_rows) = (options.events, options.batch_rows);
@@ -479,6 +491,7 @@ pub async fn run_nexmark_bench(
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     let load_s = load_started.elapsed().as_secs_f64();
+    let table_file_bytes = engine.storage().table_file_bytes()?;
     let decode_limit_events_per_s = median_of_five(|| decode_limit(&sample))?;
     let batch_events_per_cpu_s = match options.format {
         Format::Arrow => batch_figure(&options.query, &sample, options.target_partitions).await?,
@@ -544,21 +557,24 @@ pub async fn run_nexmark_bench(
         end_rss_bytes,
         triggers,
         load_s,
+        table_file_bytes,
     })
 }
 
-/// An engine in `dir` (`os` durability) with the Nexmark streams on
-/// topics of `partitions` partitions, with `settings` (format and
-/// compression) in their `WITH`.
+/// An engine in `dir` (`os` durability, `log_compression`) with the
+/// Nexmark streams on topics of `partitions` partitions, with `settings`
+/// (format and compression) in their `WITH`.
 async fn nexmark_engine(
     dir: &std::path::Path,
     target_partitions: usize,
+    log_compression: LogCompression,
     partitions: u32,
     settings: &str,
 ) -> Result<Engine> {
     let engine = Engine::builder(dir)
         .durability(Durability::Os)
         .target_partitions(target_partitions)
+        .log_compression(log_compression)
         .open()
         .await?;
     engine
