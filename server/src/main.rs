@@ -70,9 +70,9 @@ struct ServerArgs {
     #[arg(long, env = "SLUICE_DURABILITY", default_value = "fsync", value_parser = parse_durability)]
     durability: Durability,
     /// How RocksDB compresses the log's table files: `none` (queries read
-    /// stored records in place), `lz4` or `zstd` (a third to a fifth of
-    /// the disk for JSON, more CPU per query). Files already written keep
-    /// theirs.
+    /// stored records in place), `lz4` (about half the disk for JSON, a
+    /// fifth slower queries over it) or `zstd` (smaller, slower still).
+    /// Files already written keep theirs.
     #[arg(long, env = "SLUICE_LOG_COMPRESSION", default_value = "none", value_parser = parse_log_compression)]
     log_compression: LogCompression,
     /// Largest accepted request body, in bytes.

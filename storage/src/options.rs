@@ -44,11 +44,12 @@ impl Durability {
 ///
 /// The default is none, as a Kafka producer's `compression.type`: a
 /// query then reads the stored bytes in place, where LZ4 would
-/// decompress every block first (measured: a quarter of the throughput
-/// of a continuous query over JSON, `BENCHMARKS.md`). LZ4 and zstd store
-/// JSON records in a third to a fifth of the disk. The setting applies to
-/// files written from then on; files already written keep theirs and stay
-/// readable, so it can be changed at any restart.
+/// decompress every block first (measured: LZ4 cost a continuous query
+/// over JSON about a fifth of its throughput, and halved the disk the
+/// Nexmark bench's JSON topics take; `BENCHMARKS.md`). zstd stores less
+/// than LZ4, at several times its decompression cost. The setting
+/// applies to files written from then on; files already written keep
+/// theirs and stay readable, so it can be changed at any restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogCompression {
     /// Blocks stored as written.
