@@ -19,7 +19,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
     TimestampMillisecondArray, new_null_array,
 };
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -330,6 +330,27 @@ impl TableProvider for StreamProvider {
             self.context.clone(),
         )?))
     }
+}
+
+/// How a batch of `rows` rows goes out: slices of [`CHUNK_RECORDS`],
+/// the last one longer rather than followed by one under half of that
+/// (see `read_columnar_chunk` for why short batches cost).
+fn chunk_spans(rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= rows {
+            return None;
+        }
+        let left = rows - start;
+        let len = if left - CHUNK_RECORDS.min(left) < CHUNK_RECORDS / 2 {
+            left
+        } else {
+            CHUNK_RECORDS
+        };
+        let span = (start, len);
+        start += len;
+        Some(span)
+    })
 }
 
 /// One offset range of one partition.
@@ -964,13 +985,24 @@ impl RangeReader {
         let assemble_started = report.add_read_time(started, inside_nanos);
         report.count_read(scanned.record_count as u64, scanned.batch_count as u64);
         self.next_offset = scanned.next_offset.min(self.range.end);
-        for (values, offsets, timestamps) in parts {
-            let batch = self.assemble_columnar(&values, offsets, &timestamps)?;
-            let mut start = 0;
-            while start < batch.num_rows() {
-                let len = CHUNK_RECORDS.min(batch.num_rows() - start);
+        let mut batches = parts
+            .into_iter()
+            .map(|(values, offsets, timestamps)| {
+                self.assemble_columnar(&values, offsets, &timestamps)
+            })
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        // A range that starts inside a stored batch begins with a short
+        // one: it goes out joined to the next. DataFusion's coalescers
+        // (after a filter) pass batches over half their target size
+        // through, but once they hold a short one they copy every batch
+        // after it.
+        if batches.len() > 1 && batches[0].num_rows() < CHUNK_RECORDS / 2 {
+            let head = concat_batches(&self.schema, &batches[..2])?;
+            batches.splice(..2, [head]);
+        }
+        for batch in batches {
+            for (start, len) in chunk_spans(batch.num_rows()) {
                 self.pending.push_back(batch.slice(start, len));
-                start += len;
             }
         }
         report.decode_nanos.fetch_add(
@@ -1336,6 +1368,22 @@ mod tests {
         fn min_max_is_the_least_and_greatest(values in proptest::collection::vec(proptest::num::i64::ANY, 0..100)) {
             let expected = values.iter().min().copied().zip(values.iter().max().copied());
             proptest::prop_assert_eq!(super::min_max(&values), expected);
+        }
+
+        /// The spans cover the rows once, in order, and none is short
+        /// unless it is the whole batch.
+        #[test]
+        fn chunk_spans_cover_the_rows_without_a_short_one(rows in 0usize..100_000) {
+            let spans: Vec<_> = super::chunk_spans(rows).collect();
+            let mut next = 0;
+            for &(start, len) in &spans {
+                proptest::prop_assert_eq!(start, next);
+                proptest::prop_assert!(len > 0);
+                proptest::prop_assert!(len < super::CHUNK_RECORDS * 3 / 2);
+                proptest::prop_assert!(len >= super::CHUNK_RECORDS / 2 || spans.len() == 1);
+                next = start + len;
+            }
+            proptest::prop_assert_eq!(next, rows);
         }
     }
 }
