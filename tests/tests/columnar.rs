@@ -441,6 +441,7 @@ async fn large_stored_batches_read_whole_and_from_inside() {
         .await
         .expect("send_batch");
     assert_eq!(ranges.len(), 2, "{ranges:?}");
+    let head = sluice_engine::sql::MAX_BATCH_ROWS as i64 - 1000;
     let cases = [
         (
             "SELECT count(*), sum(n), min(_offset), max(_offset) FROM big",
@@ -450,6 +451,15 @@ async fn large_stored_batches_read_whole_and_from_inside() {
         (
             "SELECT count(*), min(n), max(n) FROM big WHERE _offset >= 10000 AND _offset < 70000",
             "60000 | 10000 | 69999".to_string(),
+        ),
+        // A range that starts 1,000 rows before the first batch ends: its
+        // short head goes out joined to the next batch, no row lost or
+        // doubled, each value beside its own offset.
+        (
+            &*format!(
+                "SELECT count(*), min(n), max(n), sum(_offset - n) FROM big WHERE _offset >= {head}"
+            ),
+            format!("{} | {head} | {} | 0", total - head, total - 1),
         ),
         (
             "SELECT count(*) FROM big WHERE s = 'v3'",
