@@ -992,17 +992,21 @@ impl RangeReader {
             })
             .collect::<datafusion::common::Result<Vec<_>>>()?;
         // A range that starts inside a stored batch begins with a short
-        // one: it goes out joined to the next. DataFusion's coalescers
-        // (after a filter) pass batches over half their target size
-        // through, but once they hold a short one they copy every batch
-        // after it.
+        // one: it goes out joined to the next chunk. DataFusion's
+        // coalescers (after a filter) pass batches over half their target
+        // size through, but once they hold a short one they copy every
+        // batch after it.
+        let mut head = None;
         if batches.len() > 1 && batches[0].num_rows() < CHUNK_RECORDS / 2 {
-            let head = concat_batches(&self.schema, &batches[..2])?;
-            batches.splice(..2, [head]);
+            head = Some(batches.remove(0));
         }
         for batch in batches {
             for (start, len) in chunk_spans(batch.num_rows()) {
-                self.pending.push_back(batch.slice(start, len));
+                let chunk = batch.slice(start, len);
+                self.pending.push_back(match head.take() {
+                    Some(short) => concat_batches(&self.schema, [&short, &chunk])?,
+                    None => chunk,
+                });
             }
         }
         report.decode_nanos.fetch_add(

@@ -453,7 +453,7 @@ async fn large_stored_batches_read_whole_and_from_inside() {
             "60000 | 10000 | 69999".to_string(),
         ),
         // A range that starts 1,000 rows before the first batch ends: its
-        // short head goes out joined to the next batch, no row lost or
+        // short head goes out joined to the next chunk, no row lost or
         // doubled, each value beside its own offset.
         (
             &*format!(
