@@ -441,8 +441,8 @@ pub(crate) struct NexmarkArgs {
     batch_rows: Option<usize>,
     /// How the log's table files are compressed (the server's
     /// `--log-compression`).
-    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
-    log_compression: String,
+    #[arg(long, default_value = "none", value_parser = crate::parse_log_compression)]
+    log_compression: sluice_engine::storage::LogCompression,
     /// Threads the query uses (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -516,7 +516,6 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     if compression != sluice_engine::Compression::None && format != sluice_engine::Format::Arrow {
         bail!("--compression is a setting of arrow streams: add --format arrow");
     }
-    let log_compression = sluice_engine::storage::LogCompression::parse(&args.log_compression)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -536,7 +535,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         max_records_per_trigger: args.max_records_per_trigger,
         format,
         compression,
-        log_compression,
+        log_compression: args.log_compression,
         batch_rows: args.batch_rows,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -549,7 +548,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         "query": report.query,
         "format": format.as_str(),
         "compression": compression.as_str(),
-        "log_compression": log_compression.as_str(),
+        "log_compression": args.log_compression.as_str(),
         "table_file_bytes": report.table_file_bytes,
         "events": report.events,
         "events_read": report.events_read,

@@ -342,7 +342,7 @@ fn chunk_spans(rows: usize) -> impl Iterator<Item = (usize, usize)> {
             return None;
         }
         let left = rows - start;
-        let len = if left - CHUNK_RECORDS.min(left) < CHUNK_RECORDS / 2 {
+        let len = if left < CHUNK_RECORDS * 3 / 2 {
             left
         } else {
             CHUNK_RECORDS
