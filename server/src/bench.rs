@@ -439,8 +439,8 @@ pub(crate) struct NexmarkArgs {
     /// 8,192 rows for arrow streams, 1,000 records for json).
     #[arg(long)]
     batch_rows: Option<usize>,
-    /// How the log's table files are compressed (the server's
-    /// `--log-compression`).
+    /// How the log's table files are compressed: none, lz4 or zstd (the
+    /// server's `--log-compression`).
     #[arg(long, default_value = "none", value_parser = crate::parse_log_compression)]
     log_compression: sluice_engine::storage::LogCompression,
     /// Threads the query uses (default: the number of cores).
