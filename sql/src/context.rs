@@ -12,9 +12,10 @@ use datafusion::catalog::{
     SchemaProvider, TableProvider,
 };
 use datafusion::common::DataFusionError;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::sqlparser::ast;
@@ -26,7 +27,7 @@ use crate::deadletter::DeadLetters;
 use crate::error::{Error, Result};
 use crate::output::{Output, QueryOutput, text_table};
 use crate::parser::{Statement, StreamingQuery, parse_sql};
-use crate::scan::{ScanContext, ScanReport, Snapshot, StreamProvider};
+use crate::scan::{ScanContext, ScanReport, Snapshot, StreamProvider, TriggerInputs};
 use crate::window::{WindowRelationPlanner, prepare_query};
 
 /// Settings of a [`SqlContext`].
@@ -62,6 +63,22 @@ pub struct SqlContext {
     /// `GROUP BY`) or fuse the partial and final stages, so the runtime
     /// finds one aggregate and takes it apart into its stages.
     streaming_state: Arc<SessionState>,
+}
+
+/// A continuous query's plan, made once for all its triggers: before each
+/// run, set the trigger's snapshot and report in `inputs`, and run
+/// `physical` through [`reset_plan_states`] (DataFusion's way to run a
+/// plan again: operators start with fresh state).
+///
+/// [`reset_plan_states`]: datafusion::physical_plan::execution_plan::reset_plan_states
+#[derive(Debug)]
+pub struct TriggerPlan {
+    /// The optimized physical plan.
+    pub physical: Arc<dyn ExecutionPlan>,
+    /// The session state it was planned in, for the task context.
+    pub state: SessionState,
+    /// Where its scans take each trigger's snapshot and report.
+    pub inputs: Arc<TriggerInputs>,
 }
 
 /// A query planned over a fixed snapshot, ready to run.
@@ -267,6 +284,36 @@ impl SqlContext {
             .await
     }
 
+    /// Plans a continuous query once for all its triggers, in the same
+    /// session state as [`SqlContext::plan_trigger`]; its scans read the
+    /// ranges each trigger sets. `None` when the plan cannot be run again:
+    /// optimizing it folds a function of the time it is planned (`now()`,
+    /// `current_date`) into a constant, so each trigger must plan anew.
+    pub async fn plan_for_triggers(&self, query: &StreamingQuery) -> Result<Option<TriggerPlan>> {
+        let inputs = Arc::new(TriggerInputs::default());
+        let scan = ScanContext {
+            storage: self.storage.clone(),
+            snapshot: Arc::new(Snapshot::default()),
+            report: Arc::new(ScanReport::default()),
+            dead_letters: self.dead_letters.clone(),
+            trigger: Some(inputs.clone()),
+        };
+        let mut state = self.query_state(scan, &self.streaming_state)?;
+        let logical_plan = self.logical_plan(query, &mut state).await?;
+        if folds_time_when_planned(&logical_plan) {
+            return Ok(None);
+        }
+        let physical = state
+            .create_physical_plan(&logical_plan)
+            .await
+            .map_err(from_datafusion)?;
+        Ok(Some(TriggerPlan {
+            physical,
+            state,
+            inputs,
+        }))
+    }
+
     async fn plan_with(
         &self,
         query: &StreamingQuery,
@@ -274,7 +321,28 @@ impl SqlContext {
         report: Arc<ScanReport>,
         base: &SessionState,
     ) -> Result<PlannedQuery> {
-        let mut state = self.query_state(report.clone(), snapshot, base)?;
+        let scan = ScanContext {
+            storage: self.storage.clone(),
+            snapshot,
+            report: report.clone(),
+            dead_letters: self.dead_letters.clone(),
+            trigger: None,
+        };
+        let mut state = self.query_state(scan, base)?;
+        let logical_plan = self.logical_plan(query, &mut state).await?;
+        Ok(PlannedQuery {
+            logical_plan,
+            state,
+            report,
+        })
+    }
+
+    /// The logical plan of `query` (unoptimized), in `state`.
+    async fn logical_plan(
+        &self,
+        query: &StreamingQuery,
+        state: &mut SessionState,
+    ) -> Result<LogicalPlan> {
         // Fixes now() for the whole query, as SessionContext::sql does.
         state.mark_start_execution();
         let mut ast_query = query.query.as_ref().clone();
@@ -282,15 +350,10 @@ impl SqlContext {
         let statement = datafusion::sql::parser::Statement::Statement(Box::new(
             ast::Statement::Query(Box::new(ast_query)),
         ));
-        let logical_plan = state
+        state
             .statement_to_plan(statement)
             .await
-            .map_err(|e| self.unknown_table(from_datafusion(e)))?;
-        Ok(PlannedQuery {
-            logical_plan,
-            state,
-            report,
-        })
+            .map_err(|e| self.unknown_table(from_datafusion(e)))
     }
 
     /// Plans a continuous query and checks that it can run continuously.
@@ -355,19 +418,8 @@ impl SqlContext {
         Ok(Output::Rows(text_table(&["plan_type", "plan"], rows)?))
     }
 
-    /// A session state whose catalog resolves streams over a new snapshot.
-    fn query_state(
-        &self,
-        report: Arc<ScanReport>,
-        snapshot: Arc<Snapshot>,
-        base: &SessionState,
-    ) -> Result<SessionState> {
-        let scan = ScanContext {
-            storage: self.storage.clone(),
-            snapshot,
-            report,
-            dead_letters: self.dead_letters.clone(),
-        };
+    /// A session state whose catalog resolves streams through `scan`.
+    fn query_state(&self, scan: ScanContext, base: &SessionState) -> Result<SessionState> {
         let schema = Arc::new(StreamSchema {
             catalog: self.catalog.clone(),
             scan,
@@ -382,6 +434,27 @@ impl SqlContext {
             .with_catalog_list(Arc::new(catalogs))
             .build())
     }
+}
+
+/// Whether optimizing `plan` folds a function of the time it is planned
+/// into a constant: a function DataFusion calls stable (`now()`,
+/// `current_date`, ...) is evaluated once per query, when simplified.
+fn folds_time_when_planned(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::ScalarFunction(function) = e
+                    && function.func.signature().volatility == Volatility::Stable
+                {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    found
 }
 
 /// The physical plan of a planned query.

@@ -37,7 +37,7 @@ pub use columnar::{
     AppendedRange, ColumnarBatch, MAX_BATCH_ROWS, columnar_batches, columnar_json_rows, json_rows,
     read_columns,
 };
-pub use context::{PlannedQuery, SqlContext, SqlOptions, from_datafusion};
+pub use context::{PlannedQuery, SqlContext, SqlOptions, TriggerPlan, from_datafusion};
 pub use deadletter::DeadLetters;
 pub use duration::{expr_to_duration, parse_duration};
 pub use error::{Error, Result};
@@ -50,7 +50,7 @@ pub use parser::{
 };
 pub use scan::{
     EventTimeFilter, LogScanExec, PartitionRange, ScanContext, ScanReport, Snapshot,
-    StreamProvider, TopicOffsets, thread_cpu_nanos,
+    StreamProvider, TopicOffsets, TriggerInputs, thread_cpu_nanos,
 };
 pub use window::{
     HopStarts, Panes, WINDOW_END, WINDOW_START, WindowFunction, WindowKind, WindowRelationPlanner,

@@ -92,6 +92,39 @@ impl Snapshot {
     }
 }
 
+/// Where the scans of a plan made once for every trigger of a continuous
+/// query ([`crate::SqlContext::plan_for_triggers`]) find the trigger they
+/// run for: before each run the query sets the snapshot it reads and the
+/// report its scans fill, and each scan takes them when it executes.
+#[derive(Debug, Default)]
+pub struct TriggerInputs {
+    current: Mutex<Option<(Arc<Snapshot>, Arc<ScanReport>)>>,
+}
+
+impl TriggerInputs {
+    /// The next run reads `snapshot` and reports to `report`.
+    pub fn set(&self, snapshot: Arc<Snapshot>, report: Arc<ScanReport>) -> crate::Result<()> {
+        *self
+            .current
+            .lock()
+            .map_err(|_| Error::Internal("trigger inputs lock poisoned".to_string()))? =
+            Some((snapshot, report));
+        Ok(())
+    }
+
+    fn get(&self) -> datafusion::common::Result<(Arc<Snapshot>, Arc<ScanReport>)> {
+        self.current
+            .lock()
+            .map_err(|_| DataFusionError::Internal("trigger inputs lock poisoned".to_string()))?
+            .clone()
+            .ok_or_else(|| {
+                DataFusionError::Internal(
+                    "a plan for triggers ran before its inputs were set".to_string(),
+                )
+            })
+    }
+}
+
 /// What the scans of one query met: records read and records that did
 /// not decode (counted, with the first errors word for word).
 #[derive(Debug, Default)]
@@ -214,6 +247,10 @@ pub struct ScanContext {
     pub snapshot: Arc<Snapshot>,
     pub report: Arc<ScanReport>,
     pub dead_letters: Arc<DeadLetters>,
+    /// Set for a plan made once for every trigger: its scans take the
+    /// snapshot and report from here when they execute, and `snapshot`
+    /// and `report` above are not read.
+    pub trigger: Option<Arc<TriggerInputs>>,
 }
 
 /// A stream as a DataFusion table, over a snapshot of its topic.
@@ -221,14 +258,19 @@ pub struct ScanContext {
 pub struct StreamProvider {
     def: Arc<StreamDef>,
     schema: SchemaRef,
-    offsets: TopicOffsets,
+    /// `None` in a plan for triggers: each run takes its trigger's.
+    offsets: Option<TopicOffsets>,
     context: ScanContext,
 }
 
 impl StreamProvider {
-    /// The table for `def`, its topic's offsets fixed in the snapshot.
+    /// The table for `def`, its topic's offsets fixed in the snapshot
+    /// (unless the plan is made for every trigger of a continuous query).
     pub fn try_new(def: Arc<StreamDef>, context: ScanContext) -> crate::Result<Self> {
-        let offsets = context.snapshot.offsets(&context.storage, &def.topic)?;
+        let offsets = match context.trigger {
+            Some(_) => None,
+            None => Some(context.snapshot.offsets(&context.storage, &def.topic)?),
+        };
         Ok(StreamProvider {
             schema: def.table_schema(),
             def,
@@ -283,40 +325,38 @@ impl TableProvider for StreamProvider {
         for filter in filters {
             bounds.narrow(filter);
         }
-        let storage = self.context.storage.clone();
-        let offsets = self.offsets.clone();
-        let topic = self.def.topic.clone();
-        // Time index seeks are RocksDB reads: off the async runtime.
-        let ranges = tokio::task::spawn_blocking(move || {
-            let mut ranges = Vec::new();
-            for (partition, &(start, end)) in offsets.iter().enumerate() {
-                let partition = partition as u32;
-                if !bounds.keeps_partition(partition) {
-                    continue;
-                }
-                let mut start = start.max(bounds.offset_from);
-                let end = bounds.offset_until.map_or(end, |until| until.min(end));
-                if let Some(timestamp_ms) = bounds.timestamp_from_ms
-                    && start < end
-                {
-                    let from = storage
-                        .offset_for_timestamp(&topic, partition, timestamp_ms)
-                        .map_err(external)?;
-                    start = start.max(from.unwrap_or(end));
-                }
-                if start < end {
-                    ranges.push(PartitionRange {
-                        partition,
-                        start,
-                        end,
-                    });
-                }
+        let target = state.config().target_partitions();
+        let ranges = match &self.offsets {
+            Some(offsets) => {
+                let storage = self.context.storage.clone();
+                let topic = self.def.topic.clone();
+                let offsets = offsets.clone();
+                // Time index seeks are RocksDB reads: off the async runtime.
+                let ranges = tokio::task::spawn_blocking(move || {
+                    bounded_ranges(&storage, &topic, &offsets, &bounds)
+                })
+                .await
+                .map_err(|e| {
+                    DataFusionError::Internal(format!("scan planning task failed: {e}"))
+                })??;
+                ScanRanges::Fixed(split_ranges(ranges, target))
             }
-            Ok::<_, DataFusionError>(ranges)
-        })
-        .await
-        .map_err(|e| DataFusionError::Internal(format!("scan planning task failed: {e}")))??;
-        let ranges = split_ranges(ranges, state.config().target_partitions());
+            None => {
+                // As many outputs as ranges a trigger can have: one per
+                // partition, or `target` when splitting makes more.
+                let partitions = self
+                    .context
+                    .storage
+                    .partition_count(&self.def.topic)
+                    .map_err(external)? as usize;
+                ScanRanges::PerTrigger(Arc::new(PerTrigger {
+                    bounds,
+                    target,
+                    outputs: partitions.max(target),
+                    taken: Mutex::new(None),
+                }))
+            }
+        };
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),
@@ -329,6 +369,111 @@ impl TableProvider for StreamProvider {
             limit,
             self.context.clone(),
         )?))
+    }
+}
+
+/// The ranges of `offsets` (a topic's, by partition) that `bounds` keep;
+/// seeks the time index for a `_timestamp` bound, so it blocks.
+fn bounded_ranges(
+    storage: &Storage,
+    topic: &str,
+    offsets: &[(u64, u64)],
+    bounds: &LogBounds,
+) -> datafusion::common::Result<Vec<PartitionRange>> {
+    let mut ranges = Vec::new();
+    for (partition, &(start, end)) in offsets.iter().enumerate() {
+        let partition = partition as u32;
+        if !bounds.keeps_partition(partition) {
+            continue;
+        }
+        let mut start = start.max(bounds.offset_from);
+        let end = bounds.offset_until.map_or(end, |until| until.min(end));
+        if let Some(timestamp_ms) = bounds.timestamp_from_ms
+            && start < end
+        {
+            let from = storage
+                .offset_for_timestamp(topic, partition, timestamp_ms)
+                .map_err(external)?;
+            start = start.max(from.unwrap_or(end));
+        }
+        if start < end {
+            ranges.push(PartitionRange {
+                partition,
+                start,
+                end,
+            });
+        }
+    }
+    Ok(ranges)
+}
+
+/// What a [`LogScanExec`] reads.
+#[derive(Debug)]
+enum ScanRanges {
+    /// Ranges fixed when the query was planned.
+    Fixed(Vec<PartitionRange>),
+    /// A plan for every trigger: each run takes its ranges from the
+    /// snapshot of its trigger.
+    PerTrigger(Arc<PerTrigger>),
+}
+
+/// The ranges of a scan in a plan for every trigger.
+#[derive(Debug)]
+struct PerTrigger {
+    /// The pushed-down filters, applied to each trigger's offsets.
+    bounds: LogBounds,
+    /// Ranges are split until there are this many (`target_partitions`).
+    target: usize,
+    /// The scan's output partitions: no trigger has more ranges.
+    outputs: usize,
+    /// The ranges taken for the current trigger's snapshot, so that every
+    /// output partition of one run splits the same way.
+    taken: Mutex<Option<TakenRanges>>,
+}
+
+/// A trigger's snapshot and the ranges a scan took from it.
+type TakenRanges = (Arc<Snapshot>, Arc<[PartitionRange]>);
+
+impl PerTrigger {
+    /// The ranges of the trigger `inputs` holds now, and a scan context
+    /// reporting to it. Blocks (time index seeks).
+    fn ranges(
+        &self,
+        def: &StreamDef,
+        context: &ScanContext,
+        inputs: &TriggerInputs,
+    ) -> datafusion::common::Result<(Arc<[PartitionRange]>, ScanContext)> {
+        let (snapshot, report) = inputs.get()?;
+        let context = ScanContext {
+            snapshot: snapshot.clone(),
+            report,
+            trigger: None,
+            ..context.clone()
+        };
+        let mut taken = self
+            .taken
+            .lock()
+            .map_err(|_| DataFusionError::Internal("scan ranges lock poisoned".to_string()))?;
+        if let Some((of, ranges)) = &*taken
+            && Arc::ptr_eq(of, &snapshot)
+        {
+            return Ok((ranges.clone(), context));
+        }
+        let offsets = snapshot
+            .offsets(&context.storage, &def.topic)
+            .map_err(external)?;
+        let ranges = bounded_ranges(&context.storage, &def.topic, &offsets, &self.bounds)?;
+        let ranges: Arc<[PartitionRange]> = split_ranges(ranges, self.target).into();
+        if ranges.len() > self.outputs {
+            return Err(DataFusionError::Internal(format!(
+                "topic {} has {} ranges to read, more than the {} its plan was made for",
+                def.topic,
+                ranges.len(),
+                self.outputs
+            )));
+        }
+        *taken = Some((snapshot, ranges.clone()));
+        Ok((ranges, context))
     }
 }
 
@@ -562,7 +707,7 @@ pub struct LogScanExec {
     /// Columns of `table_schema` produced, in order.
     projection: Vec<usize>,
     schema: SchemaRef,
-    ranges: Vec<PartitionRange>,
+    ranges: ScanRanges,
     limit: Option<usize>,
     context: ScanContext,
     properties: Arc<PlanProperties>,
@@ -570,17 +715,21 @@ pub struct LogScanExec {
 
 impl LogScanExec {
     /// A scan of `ranges`, producing the `projection` of `table_schema`.
-    pub fn try_new(
+    fn try_new(
         def: Arc<StreamDef>,
         table_schema: SchemaRef,
         projection: Vec<usize>,
-        ranges: Vec<PartitionRange>,
+        ranges: ScanRanges,
         limit: Option<usize>,
         context: ScanContext,
     ) -> datafusion::common::Result<Self> {
         let schema = Arc::new(table_schema.project(&projection)?);
+        let outputs = match &ranges {
+            ScanRanges::Fixed(ranges) => ranges.len(),
+            ScanRanges::PerTrigger(per_trigger) => per_trigger.outputs,
+        };
         // Zero ranges still need one (empty) output partition.
-        let partitions = ranges.len().max(1);
+        let partitions = outputs.max(1);
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(partitions),
@@ -598,10 +747,47 @@ impl LogScanExec {
             properties: Arc::new(properties),
         })
     }
+}
 
-    /// The offset ranges it reads.
-    pub fn ranges(&self) -> &[PartitionRange] {
-        &self.ranges
+impl LogScanExec {
+    fn reader_spec(&self) -> ReaderSpec {
+        ReaderSpec {
+            def: self.def.clone(),
+            table_schema: self.table_schema.clone(),
+            projection: self.projection.clone(),
+            schema: self.schema.clone(),
+            limit: self.limit,
+            context: self.context.clone(),
+        }
+    }
+}
+
+/// What a [`RangeReader`] of a scan is made from, owned, for a reader
+/// made on the blocking thread that runs it.
+struct ReaderSpec {
+    def: Arc<StreamDef>,
+    table_schema: SchemaRef,
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    limit: Option<usize>,
+    context: ScanContext,
+}
+
+impl ReaderSpec {
+    fn reader(
+        &self,
+        range: PartitionRange,
+        context: ScanContext,
+    ) -> datafusion::common::Result<RangeReader> {
+        RangeReader::try_new(
+            self.def.clone(),
+            &self.table_schema,
+            &self.projection,
+            self.schema.clone(),
+            range,
+            self.limit,
+            context,
+        )
     }
 }
 
@@ -617,13 +803,17 @@ impl DisplayAs for LogScanExec {
             DisplayFormatType::Default | DisplayFormatType::Verbose => {
                 // Ranges as partition:start..end, so EXPLAIN shows what the
                 // pushed-down filters left to read.
-                let ranges: Vec<String> = self
-                    .ranges
-                    .iter()
-                    .take(8)
-                    .map(|r| format!("{}:{}..{}", r.partition, r.start, r.end))
-                    .collect();
-                let more = self.ranges.len().saturating_sub(ranges.len());
+                let (ranges, more) = match &self.ranges {
+                    ScanRanges::Fixed(ranges) => (
+                        ranges
+                            .iter()
+                            .take(8)
+                            .map(|r| format!("{}:{}..{}", r.partition, r.start, r.end))
+                            .collect(),
+                        ranges.len().saturating_sub(8),
+                    ),
+                    ScanRanges::PerTrigger(_) => (vec!["each trigger's".to_string()], 0),
+                };
                 write!(
                     f,
                     "LogScanExec: stream={}, topic={}, format={}, projection=[{}], ranges=[{}{}]",
@@ -687,20 +877,40 @@ impl ExecutionPlan for LogScanExec {
         _context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
-        let Some(range) = self.ranges.get(partition).copied() else {
-            return Ok(builder.build());
-        };
         let tx = builder.tx();
-        let mut reader = RangeReader::try_new(
-            self.def.clone(),
-            &self.table_schema,
-            &self.projection,
-            self.schema.clone(),
-            range,
-            self.limit,
-            self.context.clone(),
-        )?;
+        let mut reader = match &self.ranges {
+            ScanRanges::Fixed(ranges) => {
+                let Some(range) = ranges.get(partition).copied() else {
+                    return Ok(builder.build());
+                };
+                Some(self.reader_spec().reader(range, self.context.clone())?)
+            }
+            ScanRanges::PerTrigger(_) => None,
+        };
+        let per_trigger = match (&self.ranges, &self.context.trigger) {
+            (ScanRanges::PerTrigger(per_trigger), Some(inputs)) => {
+                Some((per_trigger.clone(), inputs.clone(), self.reader_spec()))
+            }
+            (ScanRanges::PerTrigger(_), None) => {
+                return Err(DataFusionError::Internal(
+                    "a scan planned for triggers has no trigger inputs".to_string(),
+                ));
+            }
+            _ => None,
+        };
         builder.spawn_blocking(move || {
+            if let Some((per_trigger, inputs, scan)) = per_trigger {
+                // The trigger's ranges are known only now; taking them may
+                // seek the time index, so it is done here, off the runtime.
+                let (ranges, context) = per_trigger.ranges(&scan.def, &scan.context, &inputs)?;
+                let Some(range) = ranges.get(partition).copied() else {
+                    return Ok(());
+                };
+                reader = Some(scan.reader(range, context)?);
+            }
+            let Some(mut reader) = reader else {
+                return Ok(());
+            };
             while let Some(batch) = reader.next_batch()? {
                 if tx.blocking_send(Ok(batch)).is_err() {
                     // The consumer is gone (a LIMIT was reached): stop reading.

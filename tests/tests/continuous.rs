@@ -396,3 +396,99 @@ async fn idle_timeout_closes_the_last_window_when_input_stops() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The next `count` rows a push query emits.
+async fn next_rows(subscription: &mut Subscription, count: usize) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    while rows < count {
+        let next = tokio::time::timeout(Duration::from_secs(60), subscription.next())
+            .await
+            .expect("the push query emitted nothing for a minute")
+            .expect("stream open")
+            .expect("rows");
+        rows += next.num_rows();
+        batches.push(next);
+    }
+    assert_eq!(rows, count, "more rows than were appended");
+    batches
+}
+
+/// A continuous query is planned once and each trigger runs that plan
+/// again, but `now()` is each trigger's own: a query whose optimized plan
+/// would hold the time it was planned is planned by each trigger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn now_is_each_triggers_own() {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::TimestampNanosecondType;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = small_engine(dir.path()).await;
+    let mut subscription = engine
+        .subscribe(
+            "SELECT id, now() AS at FROM s EMIT CHANGES EVERY INTERVAL '10' MILLISECOND \
+             WITH (start = 'earliest')",
+        )
+        .await
+        .expect("push query");
+    let mut times = Vec::new();
+    for id in 0..2 {
+        engine
+            .execute(&format!(
+                "INSERT INTO s VALUES ({id}, '2026-01-01T00:00:0{id}Z')"
+            ))
+            .await
+            .expect("row");
+        let batches = next_rows(&mut subscription, 1).await;
+        let at = batches[0]
+            .column(1)
+            .as_primitive::<TimestampNanosecondType>();
+        times.push(at.value(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        times[1] > times[0],
+        "the second trigger's now() is later than the first's: {times:?}"
+    );
+}
+
+/// A plan made once for the triggers knows how many partitions the topic
+/// had; a partition added while the query runs makes it plan again, and
+/// the new partition is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_added_while_a_query_runs_is_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = small_engine(dir.path()).await;
+    let mut subscription = engine
+        .subscribe(
+            "SELECT id FROM s EMIT CHANGES EVERY INTERVAL '10' MILLISECOND \
+             WITH (start = 'earliest')",
+        )
+        .await
+        .expect("push query");
+    let insert = |ids: std::ops::Range<i64>| {
+        let values: Vec<String> = ids
+            .map(|i| format!("({i}, '2026-01-01T00:00:00Z')"))
+            .collect();
+        format!("INSERT INTO s VALUES {}", values.join(", "))
+    };
+    engine.execute(&insert(0..4)).await.expect("rows");
+    let mut batches = next_rows(&mut subscription, 4).await;
+    engine
+        .storage()
+        .set_partitions("events", 3)
+        .expect("a third partition");
+    // One row per insert: unkeyed rows go round-robin over the partitions.
+    for id in 4..10 {
+        engine.execute(&insert(id..id + 1)).await.expect("row");
+    }
+    let (_, end) = engine.storage().offsets("events", 2).expect("offsets");
+    assert!(end > 0, "some rows went to the new partition");
+    batches.extend(next_rows(&mut subscription, 6).await);
+    let mut ids: Vec<i64> = sluice_tests::row_cells(&batches)
+        .iter()
+        .map(|row| row[0].parse().expect("an id"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>());
+}

@@ -1,8 +1,10 @@
 //! One continuous query as a loop of triggers. A trigger fixes the end
 //! offsets of the source's partitions (at most `max_records_per_trigger`
-//! records past where the last one ended), plans the query over exactly
-//! those records, runs it (through the incremental aggregate when it has
-//! one), advances the watermark and picks the rows to emit. Committing
+//! records past where the last one ended), runs the query over exactly
+//! those records (through the incremental aggregate when it has one),
+//! advances the watermark and picks the rows to emit. The query is planned
+//! once and its plan run again by each trigger, unless optimizing it folds
+//! `now()` or the like (then each trigger plans it anew). Committing
 //! them is the caller's: a push query sends them, a persistent query writes
 //! them atomically with [`Runner::checkpoint`].
 
@@ -10,12 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use serde::{Deserialize, Serialize};
 use sluice_sql::analysis::{QueryShape, StartPosition, StreamingPlan};
 use sluice_sql::{
     EmitMode, EventTimeFilter, Panes, ScanReport, Snapshot, SqlContext, StreamDef, StreamingQuery,
-    WindowKind, from_datafusion,
+    TriggerPlan, WindowKind, from_datafusion,
 };
 use sluice_storage::Storage;
 
@@ -79,6 +82,19 @@ pub(crate) struct Runner {
     /// its aggregate and the operators above it (planned once; its scan is
     /// never run).
     window_plan: Option<Arc<dyn ExecutionPlan>>,
+    /// The plan each trigger runs again, with what it was made for.
+    reused: Option<ReusedPlan>,
+    /// False once planning showed that each trigger must plan anew.
+    reusable: bool,
+}
+
+/// A plan made once for the triggers of a query, and what it was made
+/// for: when the topic's partition count or the stream changes, it is
+/// made again.
+struct ReusedPlan {
+    plan: TriggerPlan,
+    partitions: usize,
+    stream: Arc<StreamDef>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -204,6 +220,8 @@ impl Runner {
             last_start: None,
             panes,
             window_plan: None,
+            reused: None,
+            reusable: true,
         })
     }
 
@@ -292,18 +310,10 @@ impl Runner {
             column: self.source.event_time.clone(),
             late_before_ms,
         }));
-        let executed = self
-            .panes
-            .as_ref()
-            .map_or(&self.query, |(pane_query, _)| pane_query);
-        let planned = self
-            .sql
-            .plan_trigger(executed, snapshot.clone(), report.clone())
-            .await?;
         if self.panes.is_some() && self.window_plan.is_none() {
             let window = self
                 .sql
-                .plan_trigger(&self.query, snapshot, report.clone())
+                .plan_trigger(&self.query, snapshot.clone(), report.clone())
                 .await?;
             self.window_plan = Some(
                 window
@@ -313,12 +323,31 @@ impl Runner {
                     .map_err(from_datafusion)?,
             );
         }
-        let physical = planned
-            .state
-            .create_physical_plan(&planned.logical_plan)
-            .await
-            .map_err(from_datafusion)?;
-        let context = planned.state.task_ctx();
+        self.refresh_reused_plan(partitions).await?;
+        let (physical, context) = match &self.reused {
+            Some(reused) => {
+                reused.plan.inputs.set(snapshot, report.clone())?;
+                let physical =
+                    reset_plan_states(reused.plan.physical.clone()).map_err(from_datafusion)?;
+                (physical, reused.plan.state.task_ctx())
+            }
+            None => {
+                let executed = self
+                    .panes
+                    .as_ref()
+                    .map_or(&self.query, |(pane_query, _)| pane_query);
+                let planned = self
+                    .sql
+                    .plan_trigger(executed, snapshot, report.clone())
+                    .await?;
+                let physical = planned
+                    .state
+                    .create_physical_plan(&planned.logical_plan)
+                    .await
+                    .map_err(from_datafusion)?;
+                (physical, planned.state.task_ctx())
+            }
+        };
         let execute_started = Instant::now();
 
         let mut rows = match self.aggregate.take() {
@@ -402,6 +431,43 @@ impl Runner {
             progress,
             done,
         }))
+    }
+
+    /// Makes the plan the triggers run again, or makes it anew when the
+    /// topic no longer has the `partitions` it was made for or the stream
+    /// was created again; leaves none when the query must plan each
+    /// trigger (see [`SqlContext::plan_for_triggers`]).
+    async fn refresh_reused_plan(&mut self, partitions: usize) -> Result<()> {
+        if !self.reusable {
+            return Ok(());
+        }
+        let stream = self.sql.catalog().stream(&self.source.name);
+        if let (Some(reused), Some(stream)) = (&self.reused, &stream)
+            && reused.partitions == partitions
+            && Arc::ptr_eq(&reused.stream, stream)
+        {
+            return Ok(());
+        }
+        self.reused = None;
+        // A dropped stream: the trigger's own planning says so.
+        let Some(stream) = stream else {
+            return Ok(());
+        };
+        let executed = self
+            .panes
+            .as_ref()
+            .map_or(&self.query, |(pane_query, _)| pane_query);
+        match self.sql.plan_for_triggers(executed).await? {
+            Some(plan) => {
+                self.reused = Some(ReusedPlan {
+                    plan,
+                    partitions,
+                    stream,
+                })
+            }
+            None => self.reusable = false,
+        }
+        Ok(())
     }
 
     /// Folds the micro-batch into the aggregate state, moves the watermark
