@@ -326,8 +326,8 @@ impl TableProvider for StreamProvider {
             bounds.narrow(filter);
         }
         let target = state.config().target_partitions();
-        let ranges = match &self.offsets {
-            Some(offsets) => {
+        let ranges = match (&self.context.trigger, &self.offsets) {
+            (None, Some(offsets)) => {
                 let storage = self.context.storage.clone();
                 let topic = self.def.topic.clone();
                 let offsets = offsets.clone();
@@ -341,7 +341,13 @@ impl TableProvider for StreamProvider {
                 })??;
                 ScanRanges::Fixed(split_ranges(ranges, target))
             }
-            None => {
+            (None, None) => {
+                return Err(DataFusionError::Internal(format!(
+                    "stream {} has neither offsets nor trigger inputs",
+                    self.def.name
+                )));
+            }
+            (Some(inputs), _) => {
                 // As many outputs as ranges a trigger can have: one per
                 // partition, or `target` when splitting makes more.
                 let partitions = self
@@ -350,6 +356,7 @@ impl TableProvider for StreamProvider {
                     .partition_count(&self.def.topic)
                     .map_err(external)? as usize;
                 ScanRanges::PerTrigger(Arc::new(PerTrigger {
+                    inputs: inputs.clone(),
                     bounds,
                     target,
                     outputs: partitions.max(target),
@@ -420,6 +427,8 @@ enum ScanRanges {
 /// The ranges of a scan in a plan for every trigger.
 #[derive(Debug)]
 struct PerTrigger {
+    /// Where each run finds its trigger's snapshot and report.
+    inputs: Arc<TriggerInputs>,
     /// The pushed-down filters, applied to each trigger's offsets.
     bounds: LogBounds,
     /// Ranges are split until there are this many (`target_partitions`).
@@ -435,15 +444,14 @@ struct PerTrigger {
 type TakenRanges = (Arc<Snapshot>, Arc<[PartitionRange]>);
 
 impl PerTrigger {
-    /// The ranges of the trigger `inputs` holds now, and a scan context
-    /// reporting to it. Blocks (time index seeks).
+    /// The ranges of the trigger run now, and a scan context reporting
+    /// to it. Blocks (time index seeks).
     fn ranges(
         &self,
         def: &StreamDef,
         context: &ScanContext,
-        inputs: &TriggerInputs,
     ) -> datafusion::common::Result<(Arc<[PartitionRange]>, ScanContext)> {
-        let (snapshot, report) = inputs.get()?;
+        let (snapshot, report) = self.inputs.get()?;
         let context = ScanContext {
             snapshot: snapshot.clone(),
             report,
@@ -878,38 +886,32 @@ impl ExecutionPlan for LogScanExec {
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
         let tx = builder.tx();
-        let mut reader = match &self.ranges {
+        let start = match &self.ranges {
             ScanRanges::Fixed(ranges) => {
                 let Some(range) = ranges.get(partition).copied() else {
                     return Ok(builder.build());
                 };
-                Some(self.reader_spec().reader(range, self.context.clone())?)
+                Start::Reader(Box::new(
+                    self.reader_spec().reader(range, self.context.clone())?,
+                ))
             }
-            ScanRanges::PerTrigger(_) => None,
-        };
-        let per_trigger = match (&self.ranges, &self.context.trigger) {
-            (ScanRanges::PerTrigger(per_trigger), Some(inputs)) => {
-                Some((per_trigger.clone(), inputs.clone(), self.reader_spec()))
+            ScanRanges::PerTrigger(per_trigger) => {
+                Start::Trigger(per_trigger.clone(), self.reader_spec())
             }
-            (ScanRanges::PerTrigger(_), None) => {
-                return Err(DataFusionError::Internal(
-                    "a scan planned for triggers has no trigger inputs".to_string(),
-                ));
-            }
-            _ => None,
         };
         builder.spawn_blocking(move || {
-            if let Some((per_trigger, inputs, scan)) = per_trigger {
-                // The trigger's ranges are known only now; taking them may
-                // seek the time index, so it is done here, off the runtime.
-                let (ranges, context) = per_trigger.ranges(&scan.def, &scan.context, &inputs)?;
-                let Some(range) = ranges.get(partition).copied() else {
-                    return Ok(());
-                };
-                reader = Some(scan.reader(range, context)?);
-            }
-            let Some(mut reader) = reader else {
-                return Ok(());
+            let mut reader = match start {
+                Start::Reader(reader) => *reader,
+                Start::Trigger(per_trigger, spec) => {
+                    // The trigger's ranges are known only now; taking them
+                    // may seek the time index, so it is done here, off the
+                    // runtime.
+                    let (ranges, context) = per_trigger.ranges(&spec.def, &spec.context)?;
+                    let Some(range) = ranges.get(partition).copied() else {
+                        return Ok(());
+                    };
+                    spec.reader(range, context)?
+                }
             };
             while let Some(batch) = reader.next_batch()? {
                 if tx.blocking_send(Ok(batch)).is_err() {
@@ -921,6 +923,15 @@ impl ExecutionPlan for LogScanExec {
         });
         Ok(builder.build())
     }
+}
+
+/// What an output partition of a [`LogScanExec`] starts from.
+enum Start {
+    /// Its reader, over a range fixed when the query was planned.
+    Reader(Box<RangeReader>),
+    /// A plan for every trigger: the reader is made when the run's ranges
+    /// are known.
+    Trigger(Arc<PerTrigger>, ReaderSpec),
 }
 
 /// Where each output column comes from.
