@@ -339,7 +339,7 @@ impl TableProvider for StreamProvider {
                 .map_err(|e| {
                     DataFusionError::Internal(format!("scan planning task failed: {e}"))
                 })??;
-                ScanRanges::Fixed(split_ranges(ranges, target))
+                ScanRanges::Fixed(split_ranges(ranges, target).into())
             }
             (None, None) => {
                 return Err(DataFusionError::Internal(format!(
@@ -415,10 +415,10 @@ fn bounded_ranges(
 }
 
 /// What a [`LogScanExec`] reads.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum ScanRanges {
     /// Ranges fixed when the query was planned.
-    Fixed(Vec<PartitionRange>),
+    Fixed(Arc<[PartitionRange]>),
     /// A plan for every trigger: each run takes its ranges from the
     /// snapshot of its trigger.
     PerTrigger(Arc<PerTrigger>),
@@ -770,8 +770,8 @@ impl LogScanExec {
     }
 }
 
-/// What a [`RangeReader`] of a scan is made from, owned, for a reader
-/// made on the blocking thread that runs it.
+/// What a [`RangeReader`] of a scan is made from, owned, so that the
+/// blocking thread that runs the reader makes it.
 struct ReaderSpec {
     def: Arc<StreamDef>,
     table_schema: SchemaRef,
@@ -886,33 +886,28 @@ impl ExecutionPlan for LogScanExec {
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
         let tx = builder.tx();
-        let start = match &self.ranges {
-            ScanRanges::Fixed(ranges) => {
-                let Some(range) = ranges.get(partition).copied() else {
-                    return Ok(builder.build());
-                };
-                Start::Reader(Box::new(
-                    self.reader_spec().reader(range, self.context.clone())?,
-                ))
-            }
-            ScanRanges::PerTrigger(per_trigger) => {
-                Start::Trigger(per_trigger.clone(), self.reader_spec())
-            }
-        };
+        if let ScanRanges::Fixed(ranges) = &self.ranges
+            && partition >= ranges.len()
+        {
+            return Ok(builder.build());
+        }
+        let ranges = self.ranges.clone();
+        let spec = self.reader_spec();
         builder.spawn_blocking(move || {
-            let mut reader = match start {
-                Start::Reader(reader) => *reader,
-                Start::Trigger(per_trigger, spec) => {
-                    // The trigger's ranges are known only now; taking them
-                    // may seek the time index, so it is done here, off the
-                    // runtime.
+            // A plan for triggers learns the run's ranges only now; taking
+            // them may seek the time index, so it is done here, off the
+            // runtime.
+            let (range, context) = match &ranges {
+                ScanRanges::Fixed(ranges) => (ranges.get(partition).copied(), spec.context.clone()),
+                ScanRanges::PerTrigger(per_trigger) => {
                     let (ranges, context) = per_trigger.ranges(&spec.def, &spec.context)?;
-                    let Some(range) = ranges.get(partition).copied() else {
-                        return Ok(());
-                    };
-                    spec.reader(range, context)?
+                    (ranges.get(partition).copied(), context)
                 }
             };
+            let Some(range) = range else {
+                return Ok(());
+            };
+            let mut reader = spec.reader(range, context)?;
             while let Some(batch) = reader.next_batch()? {
                 if tx.blocking_send(Ok(batch)).is_err() {
                     // The consumer is gone (a LIMIT was reached): stop reading.
@@ -923,15 +918,6 @@ impl ExecutionPlan for LogScanExec {
         });
         Ok(builder.build())
     }
-}
-
-/// What an output partition of a [`LogScanExec`] starts from.
-enum Start {
-    /// Its reader, over a range fixed when the query was planned.
-    Reader(Box<RangeReader>),
-    /// A plan for every trigger: the reader is made when the run's ranges
-    /// are known.
-    Trigger(Arc<PerTrigger>, ReaderSpec),
 }
 
 /// Where each output column comes from.

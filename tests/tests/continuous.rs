@@ -397,6 +397,17 @@ async fn idle_timeout_closes_the_last_window_when_input_stops() {
     }
 }
 
+/// `select` as a push query of changes, from the earliest record, with
+/// a trigger every 10 ms.
+async fn changes(engine: &Engine, select: &str) -> Subscription {
+    engine
+        .subscribe(&format!(
+            "{select} EMIT CHANGES EVERY INTERVAL '10' MILLISECOND WITH (start = 'earliest')"
+        ))
+        .await
+        .expect("push query")
+}
+
 /// The next `count` rows a push query emits.
 async fn next_rows(subscription: &mut Subscription, count: usize) -> Vec<RecordBatch> {
     let mut batches = Vec::new();
@@ -424,13 +435,7 @@ async fn now_is_each_triggers_own() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let engine = small_engine(dir.path()).await;
-    let mut subscription = engine
-        .subscribe(
-            "SELECT id, now() AS at FROM s EMIT CHANGES EVERY INTERVAL '10' MILLISECOND \
-             WITH (start = 'earliest')",
-        )
-        .await
-        .expect("push query");
+    let mut subscription = changes(&engine, "SELECT id, now() AS at FROM s").await;
     let mut times = Vec::new();
     for id in 0..2 {
         engine
@@ -459,13 +464,7 @@ async fn now_is_each_triggers_own() {
 async fn a_partition_added_while_a_query_runs_is_read() {
     let dir = tempfile::tempdir().expect("temp dir");
     let engine = small_engine(dir.path()).await;
-    let mut subscription = engine
-        .subscribe(
-            "SELECT id FROM s EMIT CHANGES EVERY INTERVAL '10' MILLISECOND \
-             WITH (start = 'earliest')",
-        )
-        .await
-        .expect("push query");
+    let mut subscription = changes(&engine, "SELECT id FROM s").await;
     let insert = |ids: std::ops::Range<i64>| {
         let values: Vec<String> = ids
             .map(|i| format!("({i}, '2026-01-01T00:00:00Z')"))
