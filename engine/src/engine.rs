@@ -38,6 +38,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Whether reads of the log verify RocksDB's block checksums (default:
+    /// yes; see [`StorageOptions::verify_checksums`]).
+    pub fn verify_checksums(mut self, verify: bool) -> Self {
+        self.storage = self.storage.with_verify_checksums(verify);
+        self
+    }
+
     /// How many partitions DataFusion plans run in parallel (default: the
     /// number of cores).
     pub fn target_partitions(mut self, partitions: usize) -> Self {

@@ -105,6 +105,11 @@ pub struct StorageOptions {
     pub write_buffer_bytes: usize,
     /// How table files of the log are compressed. Default: none.
     pub log_compression: LogCompression,
+    /// Whether reads verify the checksum of each table block they load
+    /// (RocksDB's own default). Default: true. Off, a scan of data that is
+    /// not in the block cache skips the checksum, which is its first pass
+    /// over the bytes; flushes and compactions verify regardless.
+    pub verify_checksums: bool,
 }
 
 impl Default for StorageOptions {
@@ -117,6 +122,7 @@ impl Default for StorageOptions {
             block_cache_bytes: 128 * 1024 * 1024,
             write_buffer_bytes: 64 * 1024 * 1024,
             log_compression: LogCompression::None,
+            verify_checksums: true,
         }
     }
 }
@@ -131,6 +137,12 @@ impl StorageOptions {
     /// Sets how table files of the log are compressed.
     pub fn with_log_compression(mut self, compression: LogCompression) -> Self {
         self.log_compression = compression;
+        self
+    }
+
+    /// Sets whether reads verify table block checksums.
+    pub fn with_verify_checksums(mut self, verify: bool) -> Self {
+        self.verify_checksums = verify;
         self
     }
 

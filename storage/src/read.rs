@@ -188,6 +188,7 @@ impl PartSource for ColumnReader<'_> {
                 // Large and read once per query: keep them out of the
                 // block cache (the OS page cache still holds them).
                 options.fill_cache(false);
+                options.set_verify_checksums(self.shared.options.verify_checksums);
                 options.set_iterate_lower_bound(self.lower.to_vec());
                 options.set_iterate_upper_bound(self.upper.to_vec());
                 let cf = self.shared.cf(CF_COLUMNS)?;
@@ -753,6 +754,7 @@ fn visit_partition(
         return Ok((next_offset, meta.log_start_offset, meta.end_offset));
     }
     let mut options = ReadOptions::default();
+    options.set_verify_checksums(shared.options.verify_checksums);
     options.set_iterate_lower_bound(keys::batch_key(topic.id, partition, 0).to_vec());
     options.set_iterate_upper_bound(keys::batch_key(topic.id, partition, upper).to_vec());
     let mut iter = shared.db.raw_iterator_cf_opt(shared.cf(CF_LOG)?, options);

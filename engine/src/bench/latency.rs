@@ -104,6 +104,7 @@ pub async fn run_latency_bench(
         dir,
         options.target_partitions,
         sluice_storage::LogCompression::default(),
+        true,
         partitions,
         "format = 'json'",
     )

@@ -417,6 +417,13 @@ pub struct NexmarkBenchOptions {
     /// and append); `None`: 8,192 rows for arrow streams, 1,000 records
     /// for JSON.
     pub batch_rows: Option<usize>,
+    /// Whether reads verify RocksDB's block checksums (the default).
+    pub verify_checksums: bool,
+    /// Called after the load and before each measured run, to have the
+    /// allocator return what the load freed (the server passes mimalloc's
+    /// `mi_collect`): otherwise an allocator that purges lazily does it on
+    /// the measured threads, and the load's cleanup counts as the query's.
+    pub settle_allocator: Option<fn()>,
 }
 
 /// What one Nexmark run measured.
@@ -475,6 +482,7 @@ pub async fn run_nexmark_bench(
         dir,
         options.target_partitions,
         options.log_compression,
+        options.verify_checksums,
         partitions,
         &settings,
     )
@@ -493,6 +501,12 @@ pub async fn run_nexmark_bench(
     let load_s = load_started.elapsed().as_secs_f64();
     let table_file_bytes = engine.storage().table_file_bytes()?;
     let decode_limit_events_per_s = median_of_five(|| decode_limit(&sample))?;
+    let settle_allocator = || {
+        if let Some(settle) = options.settle_allocator {
+            settle();
+        }
+    };
+    settle_allocator();
     let batch_events_per_cpu_s = match options.format {
         Format::Arrow => batch_figure(&options.query, &sample, options.target_partitions).await?,
         _ => None,
@@ -504,6 +518,7 @@ pub async fn run_nexmark_bench(
         _ => None,
     };
     drop(sample);
+    settle_allocator();
 
     let statements: Vec<String> = sluice_sql::split_statements(sql_text)?
         .into_iter()
@@ -561,13 +576,14 @@ pub async fn run_nexmark_bench(
     })
 }
 
-/// An engine in `dir` (`os` durability, `log_compression`) with the
-/// Nexmark streams on topics of `partitions` partitions, with `settings`
-/// (format and compression) in their `WITH`.
+/// An engine in `dir` (`os` durability, `log_compression`, block checksums
+/// verified or not) with the Nexmark streams on topics of `partitions`
+/// partitions, with `settings` (format and compression) in their `WITH`.
 async fn nexmark_engine(
     dir: &std::path::Path,
     target_partitions: usize,
     log_compression: LogCompression,
+    verify_checksums: bool,
     partitions: u32,
     settings: &str,
 ) -> Result<Engine> {
@@ -575,6 +591,7 @@ async fn nexmark_engine(
         .durability(Durability::Os)
         .target_partitions(target_partitions)
         .log_compression(log_compression)
+        .verify_checksums(verify_checksums)
         .open()
         .await?;
     engine

@@ -76,3 +76,60 @@ fn retention_and_drops_take_the_parts_with_their_batches() {
     storage.drop_topic("cols").expect("drop");
     assert_eq!(part_keys(&storage).len(), 2, "the other topic's parts stay");
 }
+
+/// Flips one byte of `needle` where a table file under `dir` holds it.
+fn flip_stored_byte(dir: &std::path::Path, needle: &[u8]) {
+    for entry in std::fs::read_dir(dir).expect("list the data directory") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "sst") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).expect("read a table file");
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            bytes[at + needle.len() / 2] ^= 0x01;
+            std::fs::write(&path, bytes).expect("write the table file back");
+            return;
+        }
+    }
+    panic!("no table file holds the column's bytes");
+}
+
+#[test]
+fn a_flipped_bit_in_a_table_file_fails_reads_unless_checksums_are_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let column: Vec<u8> = b"a column part, stored once; "
+        .iter()
+        .copied()
+        .cycle()
+        .take(8192)
+        .collect();
+    {
+        let storage = open(dir.path());
+        storage
+            .create_topic(TopicConfig::new("cols", 1))
+            .expect("create");
+        append(&storage, "cols", vec![1, 2], vec![column.clone()]);
+        storage.settle().expect("flush to table files");
+    }
+    flip_stored_byte(dir.path(), &column);
+
+    let read_column = |options: StorageOptions| {
+        let storage = Storage::open(dir.path(), options).expect("reopen");
+        let fetch = storage.read("cols", 0, 0, crate::ReadLimits::default())?;
+        let slice = fetch.batches[0]
+            .columnar()
+            .expect("parse")
+            .expect("columnar");
+        Ok::<_, crate::Error>(slice.column(0).expect("column").into_owned())
+    };
+    let defaults = StorageOptions::default().with_retention_check_interval(None);
+    let refused = read_column(defaults.clone()).expect_err("the checksum catches the flip");
+    assert!(
+        refused.to_string().contains("checksum"),
+        "not a checksum error: {refused}"
+    );
+    let unchecked = read_column(defaults.with_verify_checksums(false))
+        .expect("without verification the read goes through");
+    assert_eq!(unchecked.len(), column.len());
+    assert_ne!(unchecked, column, "the flipped byte is read as stored");
+}
