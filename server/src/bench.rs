@@ -542,7 +542,6 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         log_compression: args.log_compression,
         batch_rows: args.batch_rows,
         verify_checksums: !args.skip_checksums,
-        settle_allocator: Some(collect_freed_memory),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
@@ -598,12 +597,4 @@ fn bench_dir(dir: Option<&PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile:
             Ok((temporary.path().to_path_buf(), Some(temporary)))
         }
     }
-}
-
-/// Has mimalloc (the global allocator) return the memory freed so far, now:
-/// it would otherwise purge it lazily, on whichever thread allocates next.
-fn collect_freed_memory() {
-    // SAFETY: `mi_collect` takes no pointers; it only releases memory
-    // mimalloc holds unused.
-    unsafe { libmimalloc_sys::mi_collect(true) };
 }

@@ -419,11 +419,6 @@ pub struct NexmarkBenchOptions {
     pub batch_rows: Option<usize>,
     /// Whether reads verify RocksDB's block checksums (the default).
     pub verify_checksums: bool,
-    /// Called after the load and before each measured run, to have the
-    /// allocator return what the load freed (the server passes mimalloc's
-    /// `mi_collect`): otherwise an allocator that purges lazily does it on
-    /// the measured threads, and the load's cleanup counts as the query's.
-    pub settle_allocator: Option<fn()>,
 }
 
 /// What one Nexmark run measured.
@@ -501,12 +496,6 @@ pub async fn run_nexmark_bench(
     let load_s = load_started.elapsed().as_secs_f64();
     let table_file_bytes = engine.storage().table_file_bytes()?;
     let decode_limit_events_per_s = median_of_five(|| decode_limit(&sample))?;
-    let settle_allocator = || {
-        if let Some(settle) = options.settle_allocator {
-            settle();
-        }
-    };
-    settle_allocator();
     let batch_events_per_cpu_s = match options.format {
         Format::Arrow => batch_figure(&options.query, &sample, options.target_partitions).await?,
         _ => None,
@@ -518,7 +507,6 @@ pub async fn run_nexmark_bench(
         _ => None,
     };
     drop(sample);
-    settle_allocator();
 
     let statements: Vec<String> = sluice_sql::split_statements(sql_text)?
         .into_iter()
