@@ -105,10 +105,12 @@ pub struct StorageOptions {
     pub write_buffer_bytes: usize,
     /// How table files of the log are compressed. Default: none.
     pub log_compression: LogCompression,
-    /// Whether reads verify the checksum of each table block they load
-    /// (RocksDB's own default). Default: true. Off, a scan of data that is
-    /// not in the block cache skips the checksum, which is its first pass
-    /// over the bytes; flushes and compactions verify regardless.
+    /// Whether reads of the log (its batches and their column parts)
+    /// verify the checksum of each table block they load (RocksDB's own
+    /// default). Default: true. Off, a scan of data that is not in the
+    /// block cache skips the checksum, which is its first pass over the
+    /// bytes; flushes and compactions verify regardless, and so do reads
+    /// of the time index, state and metadata.
     pub verify_checksums: bool,
 }
 
