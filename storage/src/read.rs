@@ -158,7 +158,8 @@ trait PartSource {
 /// into the block it read, so a part is copied once, into the caller's
 /// buffer; `Get` on a block that is not cached (column reads keep out of
 /// the block cache) copies the value out of the block first, then the
-/// caller copies it again.
+/// caller copies it again. The next part of the same batch is the
+/// iterator's next key, reached by `next`; other parts by `seek`.
 struct ColumnReader<'a> {
     shared: &'a Shared,
     /// The partition's part keys: from `lower` up to, not including, `upper`.
@@ -195,13 +196,30 @@ impl PartSource for ColumnReader<'_> {
                 empty.insert(self.shared.db.raw_iterator_cf_opt(cf, options))
             }
         };
-        iter.seek(key);
+        // The part after the one the iterator is on (the next column of
+        // the same batch) is its next key: step to it, where a seek would
+        // search every level of the tree again.
+        if iter.valid() && iter.key().is_some_and(|at| follows(at, key)) {
+            iter.next();
+        } else {
+            iter.seek(key);
+        }
         if iter.valid() && iter.key() == Some(key) {
             return Ok(iter.value().map(<[u8]>::to_vec));
         }
         iter.status()?;
         Ok(None)
     }
+}
+
+/// Whether the column key `next` names the part right after the one `at`
+/// names, in the same batch.
+fn follows(at: &[u8], next: &[u8]) -> bool {
+    let part = |key: &[u8]| key.get(16..18).map(|p| u16::from_be_bytes([p[0], p[1]]));
+    at.len() == 18
+        && next.len() == 18
+        && at[..16] == next[..16]
+        && part(at).and_then(|p| p.checked_add(1)) == part(next)
 }
 
 impl std::fmt::Debug for Parts<'_> {
@@ -855,4 +873,31 @@ fn visit_partition(
         next_offset = upper;
     }
     Ok((next_offset, meta.log_start_offset, meta.end_offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::follows;
+    use crate::keys::column_key;
+
+    #[test]
+    fn only_the_next_part_of_the_same_batch_follows() {
+        let at = column_key(1, 0, 8192, 2);
+        assert!(follows(&at, &column_key(1, 0, 8192, 3)));
+        assert!(!follows(&at, &column_key(1, 0, 8192, 4)), "a part skipped");
+        assert!(!follows(&at, &column_key(1, 0, 8192, 2)), "the same part");
+        assert!(!follows(&at, &column_key(1, 0, 16384, 3)), "another batch");
+        assert!(
+            !follows(&at, &column_key(1, 1, 8192, 3)),
+            "another partition"
+        );
+        assert!(!follows(
+            &column_key(1, 0, 0, u16::MAX),
+            &column_key(1, 0, 1, 0)
+        ));
+        assert!(
+            !follows(&at[..16], &column_key(1, 0, 8192, 3)),
+            "a batch key"
+        );
+    }
 }
