@@ -24,6 +24,12 @@ pub(crate) fn column_key(topic_id: u32, partition: u32, base_offset: u64, part: 
     key
 }
 
+/// Splits a column key into its batch key and its part.
+pub(crate) fn parse_column_key(key: &[u8]) -> Option<(&[u8], u16)> {
+    let key: &[u8; 18] = key.try_into().ok()?;
+    Some((&key[..16], u16::from_be_bytes([key[16], key[17]])))
+}
+
 /// Splits a batch key into `(topic_id, partition, base_offset)`.
 pub(crate) fn parse_batch_key(key: &[u8]) -> Option<(u32, u32, u64)> {
     if key.len() != 16 {

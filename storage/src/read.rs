@@ -215,11 +215,12 @@ impl PartSource for ColumnReader<'_> {
 /// Whether the column key `next` names the part right after the one `at`
 /// names, in the same batch.
 fn follows(at: &[u8], next: &[u8]) -> bool {
-    let part = |key: &[u8]| key.get(16..18).map(|p| u16::from_be_bytes([p[0], p[1]]));
-    at.len() == 18
-        && next.len() == 18
-        && at[..16] == next[..16]
-        && part(at).and_then(|p| p.checked_add(1)) == part(next)
+    match (keys::parse_column_key(at), keys::parse_column_key(next)) {
+        (Some((batch, part)), Some((next_batch, next_part))) => {
+            batch == next_batch && part.checked_add(1) == Some(next_part)
+        }
+        _ => false,
+    }
 }
 
 impl std::fmt::Debug for Parts<'_> {

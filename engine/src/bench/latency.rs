@@ -104,7 +104,7 @@ pub async fn run_latency_bench(
         dir,
         options.target_partitions,
         sluice_storage::LogCompression::default(),
-        true,
+        true, // block checksums verified, as by default
         partitions,
         "format = 'json'",
     )
