@@ -579,6 +579,7 @@ pub(crate) fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
             .unwrap_or(sluice_engine::DEFAULT_MAX_RECORDS_PER_TRIGGER),
         "peak_rss_bytes": report.peak_rss_bytes,
         "end_rss_bytes": report.end_rss_bytes,
+        "page_faults": report.page_faults,
     });
     println!("{output}");
     Ok(())

@@ -3,10 +3,10 @@
 //! filters on `_partition`, `_offset` and `_timestamp` turned into offset
 //! ranges, and the projection pushed into the value decoder.
 //!
-//! Each output partition reads one range of one topic partition on a
-//! blocking thread, a chunk of records at a time, and sends decoded batches
-//! through a small channel: partitions decode in parallel, and a consumer
-//! that stops early (`LIMIT`) stops the readers.
+//! Each output partition reads one range of one topic partition, a chunk of
+//! records at a time, where its stream is polled (DataFusion polls
+//! partitions in tasks of their own, so they decode in parallel); a
+//! consumer that stops early (`LIMIT`) drops the reader.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -29,7 +29,7 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
@@ -771,7 +771,7 @@ impl LogScanExec {
 }
 
 /// What a [`RangeReader`] of a scan is made from, owned, so that the
-/// blocking thread that runs the reader makes it.
+/// partition's stream makes the reader when it is first polled.
 struct ReaderSpec {
     def: Arc<StreamDef>,
     table_schema: SchemaRef,
@@ -884,40 +884,80 @@ impl ExecutionPlan for LogScanExec {
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
-        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
-        let tx = builder.tx();
         if let ScanRanges::Fixed(ranges) = &self.ranges
             && partition >= ranges.len()
         {
-            return Ok(builder.build());
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::empty(),
+            )));
         }
         let ranges = self.ranges.clone();
         let spec = self.reader_spec();
-        builder.spawn_blocking(move || {
-            // A plan for triggers learns the run's ranges only now; taking
-            // them may seek the time index, so it is done here, off the
-            // runtime.
-            let (range, context) = match &ranges {
-                ScanRanges::Fixed(ranges) => (ranges.get(partition).copied(), spec.context.clone()),
-                ScanRanges::PerTrigger(per_trigger) => {
-                    let (ranges, context) = per_trigger.ranges(&spec.def, &spec.context)?;
-                    (ranges.get(partition).copied(), context)
+        // The reader runs where the stream is polled, on the runtime's
+        // worker threads (where a plan joins partitions, DataFusion polls
+        // each in a task of its own): its reads are of memory-mapped table
+        // files, mostly in the page cache, and its decoding is CPU work
+        // like any operator's. A batch then goes into the plan on the
+        // thread that read it, with no thread woken for it (ARCHITECTURE.md,
+        // "Invariants", says what this trades away).
+        let mut state = ReaderState::Unopened(ranges, spec);
+        let batches = std::iter::from_fn(move || {
+            state = match std::mem::replace(&mut state, ReaderState::Done) {
+                ReaderState::Unopened(ranges, spec) => match open_reader(&ranges, &spec, partition)
+                {
+                    Ok(Some(reader)) => ReaderState::Reading(Box::new(reader)),
+                    Ok(None) => ReaderState::Done,
+                    Err(error) => return Some(Err(error)),
+                },
+                other => other,
+            };
+            let ReaderState::Reading(reader) = &mut state else {
+                return None;
+            };
+            match reader.next_batch() {
+                Ok(Some(batch)) => Some(Ok(batch)),
+                Ok(None) => {
+                    state = ReaderState::Done;
+                    None
                 }
-            };
-            let Some(range) = range else {
-                return Ok(());
-            };
-            let mut reader = spec.reader(range, context)?;
-            while let Some(batch) = reader.next_batch()? {
-                if tx.blocking_send(Ok(batch)).is_err() {
-                    // The consumer is gone (a LIMIT was reached): stop reading.
-                    break;
+                Err(error) => {
+                    state = ReaderState::Done;
+                    Some(Err(error))
                 }
             }
-            Ok(())
         });
-        Ok(builder.build())
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(batches),
+        )))
     }
+}
+
+/// The reader of `partition`'s range, if the scan has one. A plan for
+/// triggers learns the run's ranges only now (taking them may seek the time
+/// index).
+fn open_reader(
+    ranges: &ScanRanges,
+    spec: &ReaderSpec,
+    partition: usize,
+) -> datafusion::common::Result<Option<RangeReader>> {
+    let (range, context) = match ranges {
+        ScanRanges::Fixed(ranges) => (ranges.get(partition).copied(), spec.context.clone()),
+        ScanRanges::PerTrigger(per_trigger) => {
+            let (ranges, context) = per_trigger.ranges(&spec.def, &spec.context)?;
+            (ranges.get(partition).copied(), context)
+        }
+    };
+    range.map(|range| spec.reader(range, context)).transpose()
+}
+
+/// Where one partition's scan is.
+enum ReaderState {
+    /// Not read from yet: the ranges are taken at the first poll.
+    Unopened(ScanRanges, ReaderSpec),
+    Reading(Box<RangeReader>),
+    Done,
 }
 
 /// Where each output column comes from.

@@ -219,14 +219,23 @@ fn decode_limit_parallel(bids: &[(i64, Vec<u8>)], threads: usize) -> Result<f64>
 
 /// CPU seconds used by this process so far.
 fn process_cpu_s() -> f64 {
+    let Some(usage) = process_usage() else {
+        return 0.0;
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// The page faults the process has taken (minor and major).
+fn process_page_faults() -> u64 {
+    process_usage().map_or(0, |usage| (usage.ru_minflt + usage.ru_majflt) as u64)
+}
+
+fn process_usage() -> Option<libc::rusage> {
     // SAFETY: getrusage only writes the struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0;
-    if !ok {
-        return 0.0;
-    }
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    ok.then_some(usage)
 }
 
 fn single_i64(output: &Output, column: usize) -> Result<i64> {
@@ -448,6 +457,9 @@ pub struct NexmarkBenchReport {
     pub peak_rss_bytes: u64,
     /// Resident memory after the query caught up.
     pub end_rss_bytes: u64,
+    /// Page faults the process took while the query ran (minor and
+    /// major): fresh memory touched, and table-file pages mapped.
+    pub page_faults: u64,
     pub triggers: u64,
     pub load_s: f64,
     /// The table files of the loaded data, in bytes, once flushed and
@@ -515,6 +527,7 @@ pub async fn run_nexmark_bench(
         .collect();
     reset_peak_rss();
     let cpu_before = process_cpu_s();
+    let faults_before = process_page_faults();
     let started = Instant::now();
     // Push queries, as Nexmark runs elsewhere use a blackhole sink: the
     // rows are counted and dropped.
@@ -539,6 +552,7 @@ pub async fn run_nexmark_bench(
     }
     let wall_s = started.elapsed().as_secs_f64();
     let cpu_s = process_cpu_s() - cpu_before;
+    let page_faults = process_page_faults() - faults_before;
     let peak_rss_bytes = peak_rss();
     let end_rss_bytes = current_rss();
     drop(subscriptions);
@@ -558,6 +572,7 @@ pub async fn run_nexmark_bench(
         output_rows,
         peak_rss_bytes,
         end_rss_bytes,
+        page_faults,
         triggers,
         load_s,
         table_file_bytes,
