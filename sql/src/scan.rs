@@ -884,16 +884,6 @@ impl ExecutionPlan for LogScanExec {
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
-        if let ScanRanges::Fixed(ranges) = &self.ranges
-            && partition >= ranges.len()
-        {
-            return Ok(Box::pin(RecordBatchStreamAdapter::new(
-                self.schema.clone(),
-                futures::stream::empty(),
-            )));
-        }
-        let ranges = self.ranges.clone();
-        let spec = self.reader_spec();
         // The reader runs where the stream is polled, on the runtime's
         // worker threads (where a plan joins partitions, DataFusion polls
         // each in a task of its own): its reads are of memory-mapped table
@@ -901,31 +891,21 @@ impl ExecutionPlan for LogScanExec {
         // like any operator's. A batch then goes into the plan on the
         // thread that read it, with no thread woken for it (ARCHITECTURE.md,
         // "Invariants", says what this trades away).
-        let mut state = ReaderState::Unopened(ranges, spec);
+        let mut unopened = Some((self.ranges.clone(), self.reader_spec()));
+        let mut reader: Option<RangeReader> = None;
         let batches = std::iter::from_fn(move || {
-            state = match std::mem::replace(&mut state, ReaderState::Done) {
-                ReaderState::Unopened(ranges, spec) => match open_reader(&ranges, &spec, partition)
-                {
-                    Ok(Some(reader)) => ReaderState::Reading(Box::new(reader)),
-                    Ok(None) => ReaderState::Done,
+            if let Some((ranges, spec)) = unopened.take() {
+                match open_reader(&ranges, &spec, partition) {
+                    Ok(opened) => reader = opened,
                     Err(error) => return Some(Err(error)),
-                },
-                other => other,
-            };
-            let ReaderState::Reading(reader) = &mut state else {
-                return None;
-            };
-            match reader.next_batch() {
-                Ok(Some(batch)) => Some(Ok(batch)),
-                Ok(None) => {
-                    state = ReaderState::Done;
-                    None
-                }
-                Err(error) => {
-                    state = ReaderState::Done;
-                    Some(Err(error))
                 }
             }
+            let next = reader.as_mut()?.next_batch().transpose();
+            if !matches!(next, Some(Ok(_))) {
+                // The range is done, or failed: read nothing more.
+                reader = None;
+            }
+            next
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
@@ -934,9 +914,9 @@ impl ExecutionPlan for LogScanExec {
     }
 }
 
-/// The reader of `partition`'s range, if the scan has one. A plan for
-/// triggers learns the run's ranges only now (taking them may seek the time
-/// index).
+/// The reader of `partition`'s range; `None` when the scan has no range
+/// for it. A plan for triggers learns the run's ranges only now (taking
+/// them may seek the time index).
 fn open_reader(
     ranges: &ScanRanges,
     spec: &ReaderSpec,
@@ -950,14 +930,6 @@ fn open_reader(
         }
     };
     range.map(|range| spec.reader(range, context)).transpose()
-}
-
-/// Where one partition's scan is.
-enum ReaderState {
-    /// Not read from yet: the ranges are taken at the first poll.
-    Unopened(ScanRanges, ReaderSpec),
-    Reading(Box<RangeReader>),
-    Done,
 }
 
 /// Where each output column comes from.
