@@ -24,7 +24,22 @@ mkdir -p "$CARGO_TARGET_DIR"
 # default features, copied from cargo's registry.
 vendor="$here/vendor/laminar-connectors"
 if [ ! -f "$vendor/Cargo.toml" ]; then
-    (cd "$here" && cargo fetch --quiet)
+    # The harness's own manifest cannot fetch it: its patch points at the
+    # copy not made yet. A scratch manifest without the patch can.
+    scratch="$(mktemp -d)"
+    mkdir -p "$scratch/src"
+    touch "$scratch/src/lib.rs"
+    cat > "$scratch/Cargo.toml" <<'TOML'
+[package]
+name = "fetch-laminar-connectors"
+version = "0.0.0"
+edition = "2021"
+
+[dependencies]
+laminar-connectors = { version = "=0.33.0", default-features = false }
+TOML
+    (cd "$scratch" && cargo fetch --quiet)
+    rm -rf "$scratch"
     registry="$(ls -d "$HOME"/.cargo/registry/src/*/laminar-connectors-0.33.0 | head -1)"
     mkdir -p "$here/vendor"
     cp -r "$registry" "$vendor"
