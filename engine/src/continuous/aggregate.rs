@@ -39,6 +39,7 @@ use datafusion::physical_plan::udaf::AggregateFunctionExpr;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use sluice_sql::{Panes, WINDOW_END, WINDOW_START, from_datafusion};
 
+use super::collect_all;
 use super::runs::RunPartialExec;
 use crate::error::{Error, Result};
 
@@ -417,7 +418,7 @@ impl AggregateState {
                 })?;
                 let end = pane_stages.window_end_group();
                 let mut windows = Vec::new();
-                for batch in collect(partial, context.clone())
+                for batch in collect_all(partial, context.clone())
                     .await
                     .map_err(from_datafusion)?
                 {
@@ -437,7 +438,7 @@ impl AggregateState {
                 };
                 let partial = stages.partial(stages.input.clone(), open_after)?;
                 let schema = partial.schema();
-                let partials: Vec<RecordBatch> = collect(partial, context.clone())
+                let partials: Vec<RecordBatch> = collect_all(partial, context.clone())
                     .await
                     .map_err(from_datafusion)?
                     .into_iter()

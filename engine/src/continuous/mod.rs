@@ -18,6 +18,8 @@ use std::task::{Context, Poll};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, collect_partitioned};
 use futures::Stream;
 use sluice_sql::{SqlContext, Statement, parse_sql};
 use tokio::sync::mpsc;
@@ -32,7 +34,11 @@ use runner::Runner;
 pub struct Subscription {
     id: String,
     schema: SchemaRef,
-    rows: mpsc::Receiver<Result<RecordBatch>>,
+    /// Each trigger's rows in one message: one hand-off per trigger, not
+    /// one per batch.
+    rows: mpsc::Receiver<Result<Vec<RecordBatch>>>,
+    /// The rest of the trigger being read.
+    pending: std::collections::VecDeque<RecordBatch>,
     progress: Arc<std::sync::Mutex<Option<Progress>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -58,7 +64,17 @@ impl Stream for Subscription {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rows.poll_recv(cx)
+        loop {
+            if let Some(batch) = self.pending.pop_front() {
+                return Poll::Ready(Some(Ok(batch)));
+            }
+            match self.rows.poll_recv(cx) {
+                Poll::Ready(Some(Ok(batches))) => self.pending.extend(batches),
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -66,6 +82,21 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Runs each partition of `plan` in its own task and gathers their
+/// batches, partition by partition. DataFusion's `collect` merges the
+/// partitions through a channel, a hand-off between threads for every
+/// batch; here each partition gathers its own and hands them over once.
+pub(crate) async fn collect_all(
+    plan: Arc<dyn ExecutionPlan>,
+    context: Arc<TaskContext>,
+) -> datafusion::common::Result<Vec<RecordBatch>> {
+    Ok(collect_partitioned(plan, context)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 static PUSH_QUERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -90,13 +121,14 @@ pub(crate) async fn subscribe(sql_context: &SqlContext, sql: &str) -> Result<Sub
         PUSH_QUERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let runner = Runner::new(id.clone(), sql_context.clone(), query, plan, "", None)?;
-    let (sender, rows) = mpsc::channel(4);
+    let (sender, rows) = mpsc::channel(1);
     let progress = Arc::new(std::sync::Mutex::new(None));
     let task = tokio::spawn(push(runner, sender, progress.clone()));
     Ok(Subscription {
         id,
         schema,
         rows,
+        pending: std::collections::VecDeque::new(),
         progress,
         task,
     })
@@ -106,7 +138,7 @@ pub(crate) async fn subscribe(sql_context: &SqlContext, sql: &str) -> Result<Sub
 /// committed. A full channel (a slow subscriber) holds the next trigger.
 async fn push(
     mut runner: Runner,
-    sender: mpsc::Sender<Result<RecordBatch>>,
+    sender: mpsc::Sender<Result<Vec<RecordBatch>>>,
     progress: Arc<std::sync::Mutex<Option<Progress>>>,
 ) {
     let interval = runner.plan().trigger_interval;
@@ -125,10 +157,8 @@ async fn push(
                 return;
             }
         };
-        for batch in output.rows {
-            if sender.send(Ok(batch)).await.is_err() {
-                return;
-            }
+        if !output.rows.is_empty() && sender.send(Ok(output.rows)).await.is_err() {
+            return;
         }
         if output.progress.has_backlog() {
             // The trigger stopped at its budget: go on at once.

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
-use datafusion::physical_plan::{ExecutionPlan, collect};
 use serde::{Deserialize, Serialize};
 use sluice_sql::analysis::{QueryShape, StartPosition, StreamingPlan};
 use sluice_sql::{
@@ -23,6 +23,7 @@ use sluice_sql::{
 use sluice_storage::Storage;
 
 use super::aggregate::{AggregateStages, AggregateState, Pick, WindowClose};
+use super::collect_all;
 use super::watermark::{WatermarkState, Watermarks};
 use crate::error::{Error, Result};
 use crate::progress::{Durations, Progress, SourceProgress};
@@ -352,7 +353,9 @@ impl Runner {
 
         let mut rows = match self.aggregate.take() {
             None => {
-                let batches = collect(physical, context).await.map_err(from_datafusion)?;
+                let batches = collect_all(physical, context)
+                    .await
+                    .map_err(from_datafusion)?;
                 self.note_event_times(&report, &ranges, started);
                 self.watermarks.advance(partitions, started);
                 batches
