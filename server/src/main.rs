@@ -2,6 +2,7 @@
 //! the server, the benchmarks, and (as they land) the shell and the
 //! producer/consumer tools.
 
+mod allocator;
 mod bench;
 mod client;
 mod config;
@@ -9,13 +10,6 @@ mod http;
 mod metrics;
 mod shell;
 mod wire;
-
-// mimalloc, as DataFusion's own CLI uses: scans allocate and free a
-// batch-sized buffer per stored batch, and glibc's malloc maps and unmaps
-// those (page faults each time); measured, the read side of a bounded query
-// cost about 40% more CPU with it.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -159,6 +153,7 @@ fn cpu_has_rocksdb_features() -> Result<(), &'static str> {
 fn main() -> std::process::ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     use std::process::ExitCode;
+    allocator::configure();
     if let Err(missing) = cpu_has_rocksdb_features() {
         eprintln!(
             "error: this sluice binary was built for CPUs with {missing} (see .cargo/config.toml); \
