@@ -5,16 +5,19 @@
 //! more CPU with it.
 //!
 //! One setting differs from mimalloc's defaults: a thread that frees a
-//! block in a page another thread has abandoned does not try to take that
-//! page over (`page_reclaim_on_free = -1`). A query's batches are made on
-//! the runtime's workers and dropped where their rows go (a subscriber, an
-//! HTTP response); with the default, each such free first collected the
-//! page's list of blocks freed by other threads. In a profile of `sluice
-//! bench nexmark --query q1 --format arrow` that was 5–10% of the query's
-//! CPU, on the thread that dropped the output (BENCHMARKS.md, "Freeing
-//! output where it lands"). Abandoned pages are still reused: a thread that
-//! needs a fresh page takes them first. The environment variable
-//! `MIMALLOC_PAGE_RECLAIM_ON_FREE` still overrides the setting.
+//! block in a page another thread has abandoned never takes that page over
+//! (`page_reclaim_on_free = -1`). A query's batches are made on the
+//! runtime's workers and dropped where their rows go (a subscriber, an
+//! HTTP response). With the default, the dropping thread's frees went
+//! through mimalloc's handling of abandoned pages (`mi_free_try_collect_mt`:
+//! collecting the page's cross-thread frees, and taking over pages that
+//! thread has none of in that size). In a profile of `sluice bench nexmark
+//! --query q1 --format arrow` those frees were 5–10% of the query's CPU,
+//! and 0.7% with the setting (BENCHMARKS.md, "Freeing output where it
+//! lands"). Abandoned pages are still reused: a thread that needs a fresh
+//! page takes them first. The environment variable
+//! `MIMALLOC_PAGE_RECLAIM_ON_FREE` still overrides the setting
+//! (`MIMALLOC_PAGE_RECLAIM_ON_FREE=0 sluice ...` runs with the default).
 
 use std::ffi::{c_int, c_long};
 

@@ -662,13 +662,12 @@ impl AggregateStages {
 
 /// The order of `batch`'s rows by the columns `order` (ascending, NULLs
 /// first) and whether no two rows are equal in those columns; `None` when
-/// a column's type has no order. The columns are
-/// encoded once in arrow's row format and rows compared as bytes, which
-/// costs a fraction of `lexsort`'s comparator per column and row.
+/// a column's type has no order. One or two integer columns without NULLs
+/// are read straight from their arrays; other columns are encoded once in
+/// arrow's row format and rows compared as bytes. Either way costs a
+/// fraction of `lexsort`'s comparator per column and row.
 fn sort_indices(batch: &RecordBatch, order: &[usize]) -> Option<(UInt32Array, bool)> {
     let columns: Vec<ArrayRef> = order.iter().map(|&i| batch.column(i).clone()).collect();
-    // One or two integer columns without NULLs (a window start and a
-    // key): each row is two integers, taken from the arrays directly.
     if let Some(keys) = integer_keys(&columns) {
         return Some(sorted_keys(keys));
     }
