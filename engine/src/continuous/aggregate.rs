@@ -40,7 +40,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use sluice_sql::{Panes, WINDOW_END, WINDOW_START, from_datafusion};
 
 use super::collect_all;
-use super::runs::RunPartialExec;
+use super::runs::{KeyIndex, RunPartialExec, is_i64_like, plain_aggregates};
 use crate::error::{Error, Result};
 
 /// The aggregate of one trigger's plan, taken apart into its stages.
@@ -136,8 +136,9 @@ impl AggregateStages {
     /// HOP), the stage groups by the start alone, one key column fewer to
     /// hash and compare per row, and adds the end to its output after: the
     /// same layout as the plain stage. When the start is then the only key,
-    /// the stage groups rows by runs of equal starts instead of hashing
-    /// each row ([`RunPartialExec`]).
+    /// or one more 64-bit key is, the stage groups rows by runs of equal
+    /// starts and looks the other key up in a table of that window's keys
+    /// ([`RunPartialExec`]).
     fn partial(
         &self,
         input: Arc<dyn ExecutionPlan>,
@@ -161,16 +162,18 @@ impl AggregateStages {
             )
             .map_err(from_datafusion)?,
         );
-        if let [(key, _)] = keys.as_slice()
-            && let Some(runs) = RunPartialExec::try_new(
-                input,
-                key.clone(),
-                self.aggr_expr.clone(),
-                self.filter_expr.clone(),
-                open_after,
-                narrow.schema(),
-            )
-            .map_err(from_datafusion)?
+        // The window start leads: its values come in runs.
+        let leading = if start > end { start - 1 } else { start };
+        if let Some(runs) = RunPartialExec::try_new(
+            input,
+            keys.iter().map(|(key, _)| key.clone()).collect(),
+            leading,
+            self.aggr_expr.clone(),
+            self.filter_expr.clone(),
+            open_after,
+            narrow.schema(),
+        )
+        .map_err(from_datafusion)?
         {
             narrow = Arc::new(runs);
         }
@@ -180,7 +183,7 @@ impl AggregateStages {
         };
         // The narrow stage's columns: the keys without the end, then the
         // states; `start` moves down one when it came after the end.
-        let start = if start > end { start - 1 } else { start };
+        let start = leading;
         let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::new();
         for (index, field) in plain.schema().fields().iter().enumerate() {
             let expr: Arc<dyn PhysicalExpr> = match index.cmp(&end) {
@@ -417,16 +420,21 @@ impl AggregateState {
                     Error::Internal("the pane plan does not group by window_start".into())
                 })?;
                 let end = pane_stages.window_end_group();
-                let mut windows = Vec::new();
-                for batch in collect_all(partial, context.clone())
+                let pane_schema = partial.schema();
+                let pane_states = collect_all(partial, context.clone())
                     .await
-                    .map_err(from_datafusion)?
-                {
-                    let expanded = expand_panes(&batch, &schema, start, end, panes, closed_before)?;
-                    if expanded.num_rows() > 0 {
-                        windows.push(expanded);
-                    }
-                }
+                    .map_err(from_datafusion)?;
+                // The partitions' pane states together, so that each
+                // window's rows come out of the expansion in one piece.
+                let pane_states = concat_batches(&pane_schema, &pane_states)
+                    .map_err(|e| Error::Internal(format!("joining pane states: {e}")))?;
+                let expanded =
+                    expand_panes(&pane_states, &schema, start, end, panes, closed_before)?;
+                let windows = if expanded.num_rows() > 0 {
+                    vec![expanded]
+                } else {
+                    Vec::new()
+                };
                 (windows, schema)
             }
             None => {
@@ -480,11 +488,16 @@ impl AggregateState {
         ) {
             all = vec![merge_sessions(&schema, &all, groups, start, end)?];
         }
-        let source: Arc<dyn ExecutionPlan> =
-            MemorySourceConfig::try_new_exec(&[all], schema.clone(), None)
-                .map_err(from_datafusion)?;
-        let reduce = stages.stage(AggregateMode::PartialReduce, source)?;
-        let merged = collect(reduce, context).await.map_err(from_datafusion)?;
+        let merged = match stages.reduce_by_keys(&schema, &all, stages.dependent_end(window))? {
+            Some(batch) => vec![batch],
+            None => {
+                let source: Arc<dyn ExecutionPlan> =
+                    MemorySourceConfig::try_new_exec(&[all], schema.clone(), None)
+                        .map_err(from_datafusion)?;
+                let reduce = stages.stage(AggregateMode::PartialReduce, source)?;
+                collect(reduce, context).await.map_err(from_datafusion)?
+            }
+        };
         self.batches = compact(&schema, merged)?;
         Ok(Update {
             touched,
@@ -573,6 +586,8 @@ impl AggregateState {
 
     /// The final values of state rows, sorted by their group columns
     /// (window first), so emitted rows come out in a deterministic order.
+    /// `window` tells whether the window end follows from its start
+    /// ([`AggregateStages::dependent_end`]).
     ///
     /// State rows are sorted first. When no two of them share a group (as
     /// the state keeps them), each row is its own group: every accumulator
@@ -584,12 +599,18 @@ impl AggregateState {
         stages: &AggregateStages,
         rows: Vec<RecordBatch>,
         state_schema: SchemaRef,
+        window: Option<WindowClose>,
         context: Arc<TaskContext>,
     ) -> Result<(Vec<RecordBatch>, SchemaRef)> {
         let mut order: Vec<usize> = (0..stages.group_count()).collect();
-        if let Some(window) = stages.window_start_group() {
-            order.retain(|i| *i != window);
-            order.insert(0, window);
+        if let Some(start) = stages.window_start_group() {
+            order.retain(|i| *i != start);
+            order.insert(0, start);
+        }
+        // An end that follows from the start orders nothing the start
+        // has not, and rows that differ only in it do not exist.
+        if let Some(end) = stages.dependent_end(window) {
+            order.retain(|i| *i != end);
         }
         let state = concat_batches(&state_schema, &rows)
             .map_err(|e| Error::Internal(format!("joining state rows: {e}")))?;
@@ -622,6 +643,115 @@ impl AggregateState {
 }
 
 impl AggregateStages {
+    /// The position of `window_end` among the group columns when it follows
+    /// from `window_start`, which is grouped too: in a TUMBLE or HOP
+    /// window (`window`), the end is the start plus the size. Such an end
+    /// needs no hashing or comparing, only carrying along.
+    pub(crate) fn dependent_end(&self, window: Option<WindowClose>) -> Option<usize> {
+        match window {
+            Some(WindowClose::Fixed { .. }) => {
+                self.window_start_group()?;
+                self.window_end_group()
+            }
+            _ => None,
+        }
+    }
+
+    /// State rows of `schema` merged into one row per group, as the
+    /// `PartialReduce` stage would, with groups numbered by a
+    /// [`KeyIndex`] rather than DataFusion's hash table: for one or two
+    /// 64-bit group keys besides `dependent_end` (a column whose value
+    /// follows from the keys, taken from each group's first row), and
+    /// aggregates that merge through groups accumulators. `None` for
+    /// anything else, which takes DataFusion's stage.
+    fn reduce_by_keys(
+        &self,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        dependent_end: Option<usize>,
+    ) -> Result<Option<RecordBatch>> {
+        let internal = |e: datafusion::error::DataFusionError| {
+            Error::Internal(format!("merging aggregate states: {e}"))
+        };
+        let groups = self.group_count();
+        let keys: Vec<usize> = (0..groups).filter(|&i| Some(i) != dependent_end).collect();
+        let i64_like = |i: &usize| is_i64_like(schema.field(*i).data_type());
+        if keys.is_empty()
+            || keys.len() > 2
+            || !keys.iter().chain(dependent_end.iter()).all(i64_like)
+            || !plain_aggregates(&self.aggr_expr)
+        {
+            return Ok(None);
+        }
+        let leading = self
+            .window_start_group()
+            .filter(|start| keys.contains(start))
+            .unwrap_or(keys[0]);
+        let trailing = keys.iter().copied().find(|&k| k != leading);
+        let mut widths = Vec::with_capacity(self.aggr_expr.len());
+        for aggregate in &self.aggr_expr {
+            widths.push(aggregate.state_fields().map_err(internal)?.len());
+        }
+        if groups + widths.iter().sum::<usize>() != schema.fields().len() {
+            return Ok(None);
+        }
+        let mut accumulators = self
+            .aggr_expr
+            .iter()
+            .map(|aggregate| aggregate.create_groups_accumulator())
+            .collect::<datafusion::common::Result<Vec<_>>>()
+            .map_err(internal)?;
+        let mut index = KeyIndex::default();
+        let mut indices = Vec::new();
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            indices.clear();
+            index
+                .assign(
+                    batch.column(leading),
+                    trailing.map(|k| batch.column(k)),
+                    dependent_end.map(|e| batch.column(e)),
+                    &mut indices,
+                )
+                .map_err(internal)?;
+            let total = index.len();
+            let mut at = groups;
+            for (accumulator, width) in accumulators.iter_mut().zip(&widths) {
+                accumulator
+                    .merge_batch(&batch.columns()[at..at + width], &indices, total)
+                    .map_err(internal)?;
+                at += width;
+            }
+        }
+        let data_type = |i: usize| schema.field(i).data_type();
+        let (first, second, carried) = index
+            .finish(
+                data_type(leading),
+                trailing.map(data_type),
+                dependent_end.map(data_type),
+            )
+            .map_err(internal)?;
+        let mut key_columns: Vec<Option<ArrayRef>> = vec![None; groups];
+        key_columns[leading] = Some(first);
+        if let Some(trailing) = trailing {
+            key_columns[trailing] = second;
+        }
+        if let Some(end) = dependent_end {
+            key_columns[end] = carried;
+        }
+        let mut columns = key_columns
+            .into_iter()
+            .collect::<Option<Vec<ArrayRef>>>()
+            .ok_or_else(|| {
+                Error::Internal("merging aggregate states: a key went missing".into())
+            })?;
+        for accumulator in &mut accumulators {
+            columns.extend(accumulator.state(EmitTo::All).map_err(internal)?);
+        }
+        RecordBatch::try_new(schema.clone(), columns)
+            .map(Some)
+            .map_err(|e| Error::Internal(format!("merged aggregate states: {e}")))
+    }
+
     /// The final values of `state`, whose rows are each a different group:
     /// row `i` is group `i` of every accumulator. `None` when an aggregate
     /// has no groups accumulator or the result does not fit `schema`.
@@ -782,6 +912,10 @@ pub(crate) enum Pick<'a> {
 /// as partial states per window: each row once for every window holding
 /// its pane, with that window's bounds, leaving out windows that closed at
 /// or before `closed_before`.
+///
+/// The rows come out window by window (the panes of a window in order), so
+/// that the merge of the states builds each window's groups in one piece,
+/// while its table is in cache.
 fn expand_panes(
     batch: &RecordBatch,
     schema: &SchemaRef,
@@ -791,20 +925,38 @@ fn expand_panes(
     closed_before: Option<i64>,
 ) -> Result<RecordBatch> {
     let pane_starts = timestamps(batch, Some(start))?;
-    let per_pane = (panes.size_ms / panes.slide_ms) as usize + 1;
-    let mut rows: Vec<u32> = Vec::with_capacity(batch.num_rows() * per_pane);
-    let mut window_starts: Vec<i64> = Vec::with_capacity(rows.capacity());
-    for row in 0..batch.num_rows() {
-        if pane_starts.is_null(row) {
-            continue;
+    // The rows by pane (rows of a pane in their order), and each pane's
+    // range of them.
+    let mut by_pane: Vec<u32> = (0..batch.num_rows())
+        .filter(|&row| pane_starts.is_valid(row))
+        .map(|row| row as u32)
+        .collect();
+    by_pane.sort_by_key(|&row| pane_starts.value(row as usize));
+    let mut ranges: Vec<(i64, std::ops::Range<usize>)> = Vec::new();
+    for (at, &row) in by_pane.iter().enumerate() {
+        let pane = pane_starts.value(row as usize);
+        match ranges.last_mut() {
+            Some((last, range)) if *last == pane => range.end = at + 1,
+            _ => ranges.push((pane, at..at + 1)),
         }
-        for window in panes.window_starts(pane_starts.value(row)) {
-            if closed_before.is_some_and(|watermark| window + panes.size_ms <= watermark) {
-                continue;
+    }
+    // Each open window with each of its panes, window by window.
+    let mut pieces: Vec<(i64, usize)> = Vec::new();
+    for (index, (pane, _)) in ranges.iter().enumerate() {
+        for window in panes.window_starts(*pane) {
+            if closed_before.is_none_or(|watermark| window + panes.size_ms > watermark) {
+                pieces.push((window, index));
             }
-            rows.push(row as u32);
-            window_starts.push(window);
         }
+    }
+    pieces.sort_unstable();
+    let total: usize = pieces.iter().map(|(_, i)| ranges[*i].1.len()).sum();
+    let mut rows: Vec<u32> = Vec::with_capacity(total);
+    let mut window_starts: Vec<i64> = Vec::with_capacity(total);
+    for (window, index) in pieces {
+        let range = ranges[index].1.clone();
+        rows.extend_from_slice(&by_pane[range.clone()]);
+        window_starts.extend(std::iter::repeat_n(window, range.len()));
     }
     let taken = take_record_batch(batch, &UInt32Array::from(rows))
         .map_err(|e| Error::Internal(format!("expanding panes: {e}")))?;
@@ -1081,8 +1233,10 @@ mod tests {
     }
 
     /// The run stage gives the plain `Partial` stage's state rows (the
-    /// window end added back), with or without closed windows left out;
-    /// an aggregate it cannot take (one with an `ORDER BY`) keeps DataFusion's stage.
+    /// window end added back), with or without closed windows left out,
+    /// grouped by the window alone or with a second integer key (NULLs
+    /// included) on either side of it; an aggregate it cannot take (one
+    /// with an `ORDER BY`) or a key of another type keeps DataFusion's stage.
     #[test]
     fn the_run_stage_gives_the_plain_stages_states() {
         use datafusion::arrow::array::StringArray;
@@ -1102,27 +1256,40 @@ mod tests {
                 let batch = RecordBatch::try_new(
                     schema,
                     vec![
-                        Arc::new(Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
-                        Arc::new(TimestampMillisecondArray::from(
-                            rows.iter().map(|r| r.1.map(|w| w * 10_000)).collect::<Vec<_>>(),
+                        Arc::new(Int64Array::from(
+                            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
                         )),
-                        Arc::new(StringArray::from(rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>())),
+                        Arc::new(TimestampMillisecondArray::from(
+                            rows.iter()
+                                .map(|r| r.1.map(|w| w * 10_000))
+                                .collect::<Vec<_>>(),
+                        )),
+                        Arc::new(StringArray::from(
+                            rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
+                        )),
                     ],
                 )
                 .unwrap();
                 let open_after = open_after.map(|w| w * 10_000);
-                for (aggregates, runs) in [
+                let all = "max(price) AS top, count(*) AS n, sum(price) FILTER (WHERE price > 0) \
+                           AS up, avg(price) AS mean, min(name) AS first, count(name) AS names";
+                for (aggregates, keys, runs) in [
+                    (all, "window_start, window_end", true),
                     (
-                        "max(price) AS top, count(*) AS n, sum(price) FILTER (WHERE price > 0) AS up, \
-                         avg(price) AS mean, min(name) AS first, count(name) AS names",
-                        true,
+                        "first_value(price ORDER BY name) AS first_price",
+                        "window_start, window_end",
+                        false,
                     ),
-                    ("first_value(price ORDER BY name) AS first_price", false),
+                    // A second key, after the window and before it.
+                    (all, "window_start, window_end, price", true),
+                    (all, "price, window_start, window_end", true),
+                    // A key that is not a 64-bit integer.
+                    (all, "window_start, window_end, name", false),
                 ] {
                     let sql = format!(
                         "SELECT {aggregates}, window_end FROM (SELECT price, name, ts AS \
                          window_start, ts + arrow_cast(10000, 'Duration(Millisecond)') AS \
-                         window_end FROM t) GROUP BY window_start, window_end"
+                         window_end FROM t) GROUP BY {keys}"
                     );
                     let (got, want, used_runs) = runtime.block_on(async {
                         let (context, plan) = physical_plan(batch.clone(), &sql).await;
@@ -1141,6 +1308,97 @@ mod tests {
                     });
                     proptest::prop_assert_eq!(used_runs, runs);
                     proptest::prop_assert_eq!(got, want);
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Merging state rows by their integer keys (the window end carried
+    /// from each group's first row) gives what DataFusion's
+    /// `PartialReduce` stage gives: states from several partitions and
+    /// repeated batches, NULL keys, the key on either side of the window.
+    #[test]
+    fn merging_states_by_integer_keys_matches_the_reduce_stage() {
+        use datafusion::arrow::array::StringArray;
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use proptest::test_runner::{Config, TestRunner};
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        TestRunner::new(Config::with_cases(48))
+            .run(&window_rows(), |rows| {
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("price", DataType::Int64, true),
+                    Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+                    Field::new("name", DataType::Utf8, true),
+                ]));
+                let batch = RecordBatch::try_new(
+                    schema,
+                    vec![
+                        Arc::new(Int64Array::from(
+                            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                        )),
+                        Arc::new(TimestampMillisecondArray::from(
+                            rows.iter()
+                                .map(|r| r.1.map(|w| w * 10_000))
+                                .collect::<Vec<_>>(),
+                        )),
+                        Arc::new(StringArray::from(
+                            rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
+                        )),
+                    ],
+                )
+                .unwrap();
+                for (keys, merged_by_keys) in [
+                    ("window_start, window_end", true),
+                    ("window_start, window_end, price", true),
+                    ("price, window_start, window_end", true),
+                    ("window_start, window_end, name", false),
+                ] {
+                    let sql = format!(
+                        "SELECT count(*) AS n, max(price) AS top, avg(price) AS mean, \
+                         min(name) AS first FROM (SELECT price, name, ts AS window_start, ts + \
+                         arrow_cast(10000, 'Duration(Millisecond)') AS window_end FROM t) \
+                         GROUP BY {keys}"
+                    );
+                    let (got, want) = runtime.block_on(async {
+                        let (context, plan) = physical_plan(batch.clone(), &sql).await;
+                        let stages = AggregateStages::find(&plan).unwrap();
+                        let partial = stages
+                            .stage(AggregateMode::Partial, stages.input.clone())
+                            .unwrap();
+                        let state_schema = partial.schema();
+                        let mut states = collect(partial, context.task_ctx()).await.unwrap();
+                        states.extend(states.clone());
+                        let source = MemorySourceConfig::try_new_exec(
+                            std::slice::from_ref(&states),
+                            state_schema.clone(),
+                            None,
+                        )
+                        .unwrap();
+                        let reduce = stages.stage(AggregateMode::PartialReduce, source).unwrap();
+                        let want = sorted_rows(reduce, &context).await;
+                        let end = stages
+                            .dependent_end(Some(super::WindowClose::Fixed { size_ms: 10_000 }));
+                        assert!(end.is_some(), "the end follows from the start");
+                        let got = stages
+                            .reduce_by_keys(&state_schema, &states, end)
+                            .unwrap()
+                            // No groups: no rows, as the stage gives none.
+                            .map(|batch| {
+                                let batches: Vec<RecordBatch> = std::iter::once(batch)
+                                    .filter(|b| b.num_rows() > 0)
+                                    .collect();
+                                sorted_text(&batches)
+                            });
+                        (got, want)
+                    });
+                    proptest::prop_assert_eq!(got.is_some(), merged_by_keys, "{}", keys);
+                    if let Some(got) = got {
+                        proptest::prop_assert_eq!(got, want, "{}", keys);
+                    }
                 }
                 Ok(())
             })
@@ -1230,6 +1488,7 @@ mod tests {
                 &stages,
                 state.clone(),
                 state_schema.clone(),
+                None,
                 context.task_ctx(),
             )
             .await

@@ -532,7 +532,8 @@ impl Runner {
             return Ok(Vec::new());
         }
         let (finals, final_schema) =
-            AggregateState::finalize(&stages, picked, schema, context.clone()).await?;
+            AggregateState::finalize(&stages, picked, schema, self.window_close, context.clone())
+                .await?;
         stages.run_upper(&plan, finals, final_schema, context).await
     }
 
