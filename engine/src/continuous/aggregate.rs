@@ -661,9 +661,10 @@ impl AggregateStages {
     /// `PartialReduce` stage would, with groups numbered by a
     /// [`KeyIndex`] rather than DataFusion's hash table: for one or two
     /// 64-bit group keys besides `dependent_end` (a column whose value
-    /// follows from the keys, taken from each group's first row), and
-    /// aggregates that merge through groups accumulators. `None` for
-    /// anything else, which takes DataFusion's stage.
+    /// follows from the keys, taken from each group's first row), one of
+    /// them `window_start`, and aggregates that merge through groups
+    /// accumulators. `None` for anything else, which takes DataFusion's
+    /// stage.
     fn reduce_by_keys(
         &self,
         schema: &SchemaRef,
@@ -683,10 +684,15 @@ impl AggregateStages {
         {
             return Ok(None);
         }
-        let leading = self
+        // The window start leads: it comes in runs. Without one, rows
+        // would each look up a table of their own, so DataFusion's one
+        // table is the better choice.
+        let Some(leading) = self
             .window_start_group()
             .filter(|start| keys.contains(start))
-            .unwrap_or(keys[0]);
+        else {
+            return Ok(None);
+        };
         let trailing = keys.iter().copied().find(|&k| k != leading);
         let mut widths = Vec::with_capacity(self.aggr_expr.len());
         for aggregate in &self.aggr_expr {
@@ -1232,6 +1238,34 @@ mod tests {
         })
     }
 
+    /// [`window_rows`] as a batch `t(price, ts, name)`, windows ten
+    /// seconds apart.
+    fn window_batch(rows: &[(Option<i64>, Option<i64>, Option<String>)]) -> RecordBatch {
+        use datafusion::arrow::array::StringArray;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("price", DataType::Int64, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )),
+                Arc::new(TimestampMillisecondArray::from(
+                    rows.iter()
+                        .map(|r| r.1.map(|w| w * 10_000))
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
     /// The run stage gives the plain `Partial` stage's state rows (the
     /// window end added back), with or without closed windows left out,
     /// grouped by the window alone or with a second integer key (NULLs
@@ -1239,7 +1273,6 @@ mod tests {
     /// with an `ORDER BY`) or a key of another type keeps DataFusion's stage.
     #[test]
     fn the_run_stage_gives_the_plain_stages_states() {
-        use datafusion::arrow::array::StringArray;
         use proptest::test_runner::{Config, TestRunner};
 
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1248,28 +1281,7 @@ mod tests {
         let strategy = (window_rows(), proptest::option::of(-3i64..4));
         TestRunner::new(Config::with_cases(64))
             .run(&strategy, |(rows, open_after)| {
-                let schema = Arc::new(Schema::new(vec![
-                    Field::new("price", DataType::Int64, true),
-                    Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
-                    Field::new("name", DataType::Utf8, true),
-                ]));
-                let batch = RecordBatch::try_new(
-                    schema,
-                    vec![
-                        Arc::new(Int64Array::from(
-                            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-                        )),
-                        Arc::new(TimestampMillisecondArray::from(
-                            rows.iter()
-                                .map(|r| r.1.map(|w| w * 10_000))
-                                .collect::<Vec<_>>(),
-                        )),
-                        Arc::new(StringArray::from(
-                            rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
-                        )),
-                    ],
-                )
-                .unwrap();
+                let batch = window_batch(&rows);
                 let open_after = open_after.map(|w| w * 10_000);
                 let all = "max(price) AS top, count(*) AS n, sum(price) FILTER (WHERE price > 0) \
                            AS up, avg(price) AS mean, min(name) AS first, count(name) AS names";
@@ -1320,7 +1332,6 @@ mod tests {
     /// repeated batches, NULL keys, the key on either side of the window.
     #[test]
     fn merging_states_by_integer_keys_matches_the_reduce_stage() {
-        use datafusion::arrow::array::StringArray;
         use datafusion::datasource::memory::MemorySourceConfig;
         use proptest::test_runner::{Config, TestRunner};
 
@@ -1329,33 +1340,14 @@ mod tests {
             .unwrap();
         TestRunner::new(Config::with_cases(48))
             .run(&window_rows(), |rows| {
-                let schema = Arc::new(Schema::new(vec![
-                    Field::new("price", DataType::Int64, true),
-                    Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
-                    Field::new("name", DataType::Utf8, true),
-                ]));
-                let batch = RecordBatch::try_new(
-                    schema,
-                    vec![
-                        Arc::new(Int64Array::from(
-                            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-                        )),
-                        Arc::new(TimestampMillisecondArray::from(
-                            rows.iter()
-                                .map(|r| r.1.map(|w| w * 10_000))
-                                .collect::<Vec<_>>(),
-                        )),
-                        Arc::new(StringArray::from(
-                            rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
-                        )),
-                    ],
-                )
-                .unwrap();
+                let batch = window_batch(&rows);
                 for (keys, merged_by_keys) in [
                     ("window_start, window_end", true),
                     ("window_start, window_end, price", true),
                     ("price, window_start, window_end", true),
                     ("window_start, window_end, name", false),
+                    // No window: no runs to look keys up by.
+                    ("price", false),
                 ] {
                     let sql = format!(
                         "SELECT count(*) AS n, max(price) AS top, avg(price) AS mean, \
@@ -1382,7 +1374,7 @@ mod tests {
                         let want = sorted_rows(reduce, &context).await;
                         let end = stages
                             .dependent_end(Some(super::WindowClose::Fixed { size_ms: 10_000 }));
-                        assert!(end.is_some(), "the end follows from the start");
+                        assert_eq!(end.is_some(), keys.contains("window_end"));
                         let got = stages
                             .reduce_by_keys(&state_schema, &states, end)
                             .unwrap()

@@ -25,7 +25,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::filter;
 use datafusion::arrow::datatypes::{
-    DataType, Int64Type, SchemaRef, TimestampMicrosecondType, TimestampMillisecondType,
+    DataType, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType,
 };
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -97,6 +97,13 @@ impl RunPartialExec {
             }
         }
         if !plain_aggregates(&aggr_expr) || filters.len() != aggr_expr.len() {
+            return Ok(None);
+        }
+        // `open_after` is a window start, in milliseconds.
+        let leading_type = keys[leading].data_type(&input.schema())?;
+        if open_after.is_some()
+            && !matches!(leading_type, DataType::Timestamp(TimeUnit::Millisecond, _))
+        {
             return Ok(None);
         }
         let mut arguments: Vec<Vec<Arc<dyn PhysicalExpr>>> =
@@ -520,7 +527,6 @@ impl<'a> Keys<'a> {
 
 /// The values of an `Int64` or timestamp array as `i64`s.
 fn i64_values(array: &ArrayRef) -> DfResult<&[i64]> {
-    use datafusion::arrow::datatypes::TimeUnit;
     match array.data_type() {
         DataType::Int64 => Ok(array.as_primitive::<Int64Type>().values()),
         DataType::Timestamp(TimeUnit::Second, _) => {
