@@ -162,12 +162,13 @@ impl AggregateStages {
             )
             .map_err(from_datafusion)?,
         );
-        // The window start leads: its values come in runs.
-        let leading = if start > end { start - 1 } else { start };
+        // The window start among the narrow stage's keys (one place down
+        // when it came after the end). It leads: its values come in runs.
+        let start = if start > end { start - 1 } else { start };
         if let Some(runs) = RunPartialExec::try_new(
             input,
             keys.iter().map(|(key, _)| key.clone()).collect(),
-            leading,
+            start,
             self.aggr_expr.clone(),
             self.filter_expr.clone(),
             open_after,
@@ -182,8 +183,7 @@ impl AggregateStages {
             Arc::new(Column::new(narrow_schema.field(index).name(), index))
         };
         // The narrow stage's columns: the keys without the end, then the
-        // states; `start` moves down one when it came after the end.
-        let start = leading;
+        // states.
         let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::new();
         for (index, field) in plain.schema().fields().iter().enumerate() {
             let expr: Arc<dyn PhysicalExpr> = match index.cmp(&end) {
